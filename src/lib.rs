@@ -1,0 +1,18 @@
+//! encdec: inference for warm-started encoder-decoder models
+//! (Hugging Face `EncoderDecoderModel` with BERT / RoBERTa / BertGeneration / GPT-2 halves).
+//!
+//! The engine is a library so that the CLI, the HTTP server, the benchmarks and the
+//! tests all call the same code path:
+//! `checkpoint` (config + weights on disk) → `model` (the transformer math) →
+//! `generation` (greedy / beam search exactly like transformers) → `engine` (load once,
+//! generate many batches from worker threads).
+
+pub mod checkpoint;
+pub mod cli;
+pub mod engine;
+pub mod eval;
+pub mod generation;
+pub mod hub;
+pub mod model;
+pub mod server;
+pub mod tokenizer;
