@@ -1,1 +1,160 @@
-//! (in progress)
+//! The engine: a checkpoint loaded once (weights, tokenizers, generation defaults),
+//! then asked for many batches. `&Engine` is `Send + Sync`; worker threads share it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+
+use crate::checkpoint::config::EncoderDecoderConfig;
+use crate::generation::{self, GenerationConfig, Hypothesis, NoObserver, Outcome, StepObserver};
+use crate::model::EncoderDecoderModel;
+use crate::tokenizer::{InputError, Tokenizers};
+
+/// How to load a checkpoint.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub device: Device,
+    pub dtype: DType,
+    /// Decoder tokenizer directory (BERT2GPT2); default `decoder_tokenizer/` if present.
+    pub decoder_tokenizer: Option<PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            decoder_tokenizer: None,
+        }
+    }
+}
+
+pub struct Engine {
+    model: EncoderDecoderModel,
+    tokenizers: Tokenizers,
+    defaults: GenerationConfig,
+    dir: PathBuf,
+}
+
+/// One generated sequence with its text.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Generated {
+    pub text: String,
+    #[serde(flatten)]
+    pub hypothesis: Hypothesis,
+}
+
+/// Why one input of a batch produced no output.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum InputFailure {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("input has {len} tokens; the encoder takes at most {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Engine {
+    pub fn load(dir: &Path, opts: &EngineOptions) -> Result<Self> {
+        let config = EncoderDecoderConfig::from_file(&dir.join("config.json"))?;
+        let defaults = GenerationConfig::from_checkpoint(dir, &config)?;
+        let tokenizers = Tokenizers::load(
+            dir,
+            opts.decoder_tokenizer.as_deref(),
+            config.encoder.max_input_tokens(),
+        )?;
+        let model = EncoderDecoderModel::load(dir, config, &opts.device, opts.dtype)
+            .with_context(|| format!("loading weights of {}", dir.display()))?;
+        Ok(Self {
+            model,
+            tokenizers,
+            defaults,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The checkpoint's generation defaults.
+    pub fn defaults(&self) -> &GenerationConfig {
+        &self.defaults
+    }
+
+    pub fn config(&self) -> &EncoderDecoderConfig {
+        self.model.config()
+    }
+
+    pub fn tokenizers(&self) -> &Tokenizers {
+        &self.tokenizers
+    }
+
+    /// Longest input the encoder accepts, special tokens included.
+    pub fn max_input_tokens(&self) -> usize {
+        self.tokenizers.max_input_tokens()
+    }
+
+    pub fn encode(&self, text: &str, max_tokens: Option<usize>) -> Result<Vec<u32>, InputError> {
+        self.tokenizers.encode(text, max_tokens)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizers.decode(ids)
+    }
+
+    /// Generates for already-encoded inputs (each non-empty and within
+    /// [`Self::max_input_tokens`]). Inputs are batched together; results are in order.
+    pub fn generate_ids(
+        &self,
+        inputs: &[Vec<u32>],
+        cfg: &GenerationConfig,
+        observer: &dyn StepObserver,
+    ) -> Result<Vec<Outcome>> {
+        let max = self.max_input_tokens();
+        if let Some(bad) = inputs.iter().find(|i| i.is_empty() || i.len() > max) {
+            anyhow::bail!(
+                "input of {} tokens is outside 1..={max}; validate inputs before generating",
+                bad.len()
+            );
+        }
+        generation::generate(&self.model, inputs, cfg, observer)
+    }
+
+    /// Tokenizes, generates in one batch, and decodes. Inputs that can't be encoded get
+    /// their own error; the rest are generated together.
+    pub fn generate_texts(
+        &self,
+        texts: &[&str],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Result<Vec<Generated>, InputFailure>>> {
+        let encoded: Vec<Result<Vec<u32>, InputError>> =
+            texts.iter().map(|t| self.encode(t, None)).collect();
+        let valid: Vec<Vec<u32>> = encoded.iter().filter_map(|e| e.clone().ok()).collect();
+        let mut outcomes = self.generate_ids(&valid, cfg, &NoObserver)?.into_iter();
+        encoded
+            .into_iter()
+            .map(|e| match e {
+                Err(err) => Ok(Err(InputFailure::Input(err))),
+                Ok(_) => match outcomes.next().expect("one outcome per valid input") {
+                    Outcome::Cancelled => Ok(Err(InputFailure::Cancelled)),
+                    Outcome::Finished(hyps) => Ok(Ok(self.with_texts(hyps)?)),
+                },
+            })
+            .collect()
+    }
+
+    /// Decodes every hypothesis.
+    pub fn with_texts(&self, hyps: Vec<Hypothesis>) -> Result<Vec<Generated>> {
+        hyps.into_iter()
+            .map(|h| {
+                Ok(Generated {
+                    text: self.decode(&h.ids)?,
+                    hypothesis: h,
+                })
+            })
+            .collect()
+    }
+}

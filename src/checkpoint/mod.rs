@@ -1,1 +1,4 @@
-//! (in progress)
+//! A checkpoint on disk: `config.json`, `generation_config.json` and weight files.
+
+pub mod config;
+pub mod weights;

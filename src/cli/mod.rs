@@ -1,1 +1,34 @@
-//! (in progress)
+//! The `encdec` command line: one binary, one subcommand per job.
+//! Each subcommand lives in its own module with an `Args` struct and a `run` function.
+
+use clap::{Parser, Subcommand};
+
+pub mod download;
+pub mod generate;
+pub mod serve;
+
+#[derive(Debug, Parser)]
+#[command(name = "encdec", version, about = "Serve warm-started encoder-decoder models")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the HTTP service.
+    Serve(serve::Args),
+    /// Generate from JSONL on stdin, one JSONL result per input on stdout.
+    Generate(generate::Args),
+    /// Pre-fetch a hub model into the local cache.
+    Download(download::Args),
+}
+
+/// Entry point shared by the binary and tests.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Download(args) => download::run(args),
+    }
+}

@@ -1,1 +1,186 @@
-//! (in progress)
+//! Tokenizers of a checkpoint: `tokenizer.json` when present, else built from the
+//! legacy files (`vocab.txt`, `vocab.json` + `merges.txt`, `spiece.model`).
+//! BERT2GPT2-style models decode with a second tokenizer.
+
+pub mod legacy;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// Loads the tokenizer of `dir`, with any truncation/padding it carries removed:
+/// transformers' generate pipeline ignores them, and so do we.
+pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let json = dir.join("tokenizer.json");
+    let mut tok = if json.is_file() {
+        Tokenizer::from_file(&json)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("loading {}", json.display()))?
+    } else {
+        legacy::from_legacy_files(dir)
+            .with_context(|| format!("building the tokenizer of {}", dir.display()))?
+            .with_context(|| {
+                format!(
+                    "no tokenizer in {} (looked for tokenizer.json, vocab.txt, vocab.json + merges.txt, spiece.model)",
+                    dir.display()
+                )
+            })?
+    };
+    tok.with_padding(None);
+    tok.with_truncation(None).map_err(anyhow::Error::msg)?;
+    Ok(tok)
+}
+
+/// The encoder's and the decoder's tokenizer.
+pub struct Tokenizers {
+    encoder: Tokenizer,
+    /// `None`: the decoder shares the encoder's vocabulary.
+    decoder: Option<Tokenizer>,
+    /// Ids transformers' `skip_special_tokens` drops when decoding (`all_special_ids`):
+    /// the named special tokens of the tokenizer config, which `tokenizer.json` does not
+    /// always flag as special (e.g. sentencepiece `<unk>`).
+    decoder_special_ids: HashSet<u32>,
+    max_input_tokens: usize,
+}
+
+/// Why one input can't be encoded.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum InputError {
+    #[error("input encodes to no tokens (empty or whitespace-only text)")]
+    Empty,
+    #[error("tokenizer failed: {0}")]
+    Tokenizer(String),
+}
+
+impl Tokenizers {
+    /// `decoder_dir`: an explicit decoder tokenizer; otherwise `dir/decoder_tokenizer`
+    /// when it exists; otherwise the encoder's tokenizer decodes too.
+    pub fn load(dir: &Path, decoder_dir: Option<&Path>, max_input_tokens: usize) -> Result<Self> {
+        let encoder = load_tokenizer(dir)?;
+        let default_decoder: PathBuf = dir.join("decoder_tokenizer");
+        let decoder_dir = match decoder_dir {
+            Some(d) => Some(d.to_path_buf()),
+            None if default_decoder.is_dir() => Some(default_decoder),
+            None => None,
+        };
+        let decoder = decoder_dir.as_deref().map(load_tokenizer).transpose()?;
+        let decoder_special_ids = special_ids(
+            decoder_dir.as_deref().unwrap_or(dir),
+            decoder.as_ref().unwrap_or(&encoder),
+        )?;
+        Ok(Self {
+            encoder,
+            decoder,
+            decoder_special_ids,
+            max_input_tokens,
+        })
+    }
+
+    pub fn max_input_tokens(&self) -> usize {
+        self.max_input_tokens
+    }
+
+    /// Token ids of `text` with the tokenizer's special tokens, truncated (special tokens
+    /// included) to `max_tokens` or the encoder's positions, whichever is smaller.
+    pub fn encode(&self, text: &str, max_tokens: Option<usize>) -> Result<Vec<u32>, InputError> {
+        let limit = max_tokens
+            .unwrap_or(self.max_input_tokens)
+            .min(self.max_input_tokens);
+        let enc = self
+            .encoder
+            .encode(text, true)
+            .map_err(|e| InputError::Tokenizer(e.to_string()))?;
+        let mut enc = enc;
+        if enc.len() > limit {
+            // Re-encode with truncation so special tokens survive, as transformers does.
+            let mut tok = self.encoder.clone();
+            tok.with_truncation(Some(TruncationParams {
+                max_length: limit,
+                strategy: TruncationStrategy::LongestFirst,
+                direction: TruncationDirection::Right,
+                stride: 0,
+            }))
+            .map_err(|e| InputError::Tokenizer(e.to_string()))?;
+            enc = tok
+                .encode(text, true)
+                .map_err(|e| InputError::Tokenizer(e.to_string()))?;
+        }
+        let ids = enc.get_ids().to_vec();
+        if ids.is_empty() {
+            return Err(InputError::Empty);
+        }
+        Ok(ids)
+    }
+
+    /// Text of decoder ids, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let kept: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.decoder_special_ids.contains(id))
+            .collect();
+        self.decoder
+            .as_ref()
+            .unwrap_or(&self.encoder)
+            .decode(&kept, true)
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Number of tokens `text` encodes to without truncation (for limits and metrics).
+    pub fn count_tokens(&self, text: &str) -> Result<usize, InputError> {
+        self.encoder
+            .encode(text, true)
+            .map(|e| e.len())
+            .map_err(|e| InputError::Tokenizer(e.to_string()))
+    }
+}
+
+/// `all_special_ids` as transformers derives it from `tokenizer_config.json` and
+/// `special_tokens_map.json`: the named special tokens, `additional_special_tokens`,
+/// and `added_tokens_decoder` entries flagged special.
+fn special_ids(dir: &Path, tok: &Tokenizer) -> Result<HashSet<u32>> {
+    const NAMED: [&str; 7] = [
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "sep_token",
+        "pad_token",
+        "cls_token",
+        "mask_token",
+    ];
+    let content = |v: &serde_json::Value| -> Option<String> {
+        match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+            _ => None,
+        }
+    };
+    let mut ids = HashSet::new();
+    for file in ["tokenizer_config.json", "special_tokens_map.json"] {
+        let path = dir.join(file);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        let mut tokens: Vec<String> = NAMED.iter().filter_map(|k| v.get(*k).and_then(content)).collect();
+        if let Some(extra) = v.get("additional_special_tokens").and_then(|a| a.as_array()) {
+            tokens.extend(extra.iter().filter_map(content));
+        }
+        ids.extend(tokens.iter().filter_map(|t| tok.token_to_id(t)));
+        if let Some(added) = v.get("added_tokens_decoder").and_then(|a| a.as_object()) {
+            for (id, entry) in added {
+                if entry.get("special").and_then(|s| s.as_bool()) == Some(true) {
+                    if let Ok(id) = id.parse() {
+                        ids.insert(id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ids)
+}

@@ -1,0 +1,143 @@
+//! `encdec generate`: JSONL in on stdin (`{"text", "id"?}`), one JSONL result per
+//! input out on stdout, in order. Inputs are batched `--batch-size` at a time.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::engine::{Engine, EngineOptions};
+use crate::generation::{EarlyStopping, GenerationOverrides};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (an EncoderDecoderModel saved by transformers).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Decoder tokenizer directory (default: `<model>/decoder_tokenizer` if present).
+    #[arg(long)]
+    pub decoder_tokenizer: Option<PathBuf>,
+    /// Inputs generated together in one batch.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub batch_size: u64,
+    /// Weights dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    #[arg(long)]
+    pub num_beams: Option<usize>,
+    /// Counts the decoder start token, like transformers.
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    #[arg(long)]
+    pub min_length: Option<usize>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub length_penalty: Option<f32>,
+    /// true, false or never.
+    #[arg(long)]
+    pub early_stopping: Option<EarlyStopping>,
+    #[arg(long)]
+    pub no_repeat_ngram_size: Option<usize>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    #[arg(long)]
+    pub num_return_sequences: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct InputLine {
+    text: String,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
+    Ok(match name {
+        "f32" | "float32" => candle_core::DType::F32,
+        "f16" | "float16" => candle_core::DType::F16,
+        "bf16" | "bfloat16" => candle_core::DType::BF16,
+        other => anyhow::bail!("unsupported dtype `{other}` (use f32, f16 or bf16)"),
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let overrides = GenerationOverrides {
+        max_length: args.max_length,
+        max_new_tokens: args.max_new_tokens,
+        min_length: args.min_length,
+        num_beams: args.num_beams,
+        length_penalty: args.length_penalty,
+        early_stopping: args.early_stopping,
+        no_repeat_ngram_size: args.no_repeat_ngram_size,
+        repetition_penalty: args.repetition_penalty,
+        num_return_sequences: args.num_return_sequences,
+    };
+    let opts = EngineOptions {
+        dtype: parse_dtype(&args.dtype)?,
+        decoder_tokenizer: args.decoder_tokenizer.clone(),
+        ..Default::default()
+    };
+    let engine = Engine::load(&args.model, &opts)?;
+    let cfg = engine
+        .defaults()
+        .with_overrides(&overrides)
+        .context("invalid generation parameters")?;
+
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut pending: Vec<(Value, Result<String, String>)> = Vec::new();
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<InputLine>(&line)
+            .map(|l| (l.id.unwrap_or(Value::Null), Ok(l.text)))
+            .unwrap_or_else(|e| {
+                (
+                    Value::Null,
+                    Err(format!("line {}: not a JSON object with `text`: {e}", n + 1)),
+                )
+            });
+        pending.push(parsed);
+        if pending.len() as u64 == args.batch_size {
+            flush(&engine, &cfg, &mut pending, &mut out)?;
+        }
+    }
+    flush(&engine, &cfg, &mut pending, &mut out)?;
+    Ok(())
+}
+
+fn flush(
+    engine: &Engine,
+    cfg: &crate::generation::GenerationConfig,
+    pending: &mut Vec<(Value, Result<String, String>)>,
+    out: &mut impl Write,
+) -> Result<()> {
+    let texts: Vec<&str> = pending
+        .iter()
+        .filter_map(|(_, t)| t.as_deref().ok())
+        .collect();
+    let mut results = engine.generate_texts(&texts, cfg)?.into_iter();
+    for (id, text) in pending.drain(..) {
+        let line = match text {
+            Err(msg) => json!({"id": id, "error": msg}),
+            Ok(_) => match results.next().expect("one result per text") {
+                Err(e) => json!({"id": id, "error": e.to_string()}),
+                Ok(gens) => json!({
+                    "id": id,
+                    "ids": gens.iter().map(|g| &g.hypothesis.ids).collect::<Vec<_>>(),
+                    "texts": gens.iter().map(|g| &g.text).collect::<Vec<_>>(),
+                    "scores": gens.iter().map(|g| g.hypothesis.score).collect::<Vec<_>>(),
+                }),
+            },
+        };
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(())
+}

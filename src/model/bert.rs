@@ -1,0 +1,366 @@
+//! BERT, RoBERTa and BertGeneration stacks (they share one block layout).
+//!
+//! Encoder block:  a = LN(x + Attn(x));              y = LN(a + W₂·act(W₁·a))
+//! Decoder block:  a = LN(x + CausalAttn(x));  c = LN(a + CrossAttn(a, enc));  y = LN(c + FFN(c))
+//! The decoder's self-attention has the encoder's shape (warm-started from it); only the
+//! cross-attention block is new.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+use super::layers::{
+    activate, attention, cross_attention_shared, layer_norm, linear, merge_heads, project_heads,
+    KvCache,
+};
+use crate::checkpoint::config::{Activation, Family, StackConfig};
+
+/// word + token-type(0) + position embeddings, then LayerNorm.
+pub struct Embeddings {
+    word: Embedding,
+    position: Embedding,
+    /// Row 0 of the token-type table (BERT, RoBERTa); BertGeneration has none.
+    token_type0: Option<Tensor>,
+    norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let word = candle_nn::embedding(cfg.vocab_size, d, vb.pp("word_embeddings"))?;
+        let position = candle_nn::embedding(cfg.max_positions, d, vb.pp("position_embeddings"))?;
+        let token_type0 = if cfg.type_vocab_size > 0 {
+            let table = vb.get(
+                (cfg.type_vocab_size, d),
+                "token_type_embeddings.weight",
+            )?;
+            Some(table.get(0)?)
+        } else {
+            None
+        };
+        let norm = layer_norm(d, cfg.layer_norm_eps, vb.pp("LayerNorm"))?;
+        Ok(Self {
+            word,
+            position,
+            token_type0,
+            norm,
+        })
+    }
+
+    /// `ids`, `positions`: `[batch, len]` → `[batch, len, d]`.
+    fn forward(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        // Same order of additions as transformers: (word + type) + position.
+        let mut x = self.word.forward(ids)?;
+        if let Some(tt) = &self.token_type0 {
+            x = x.broadcast_add(tt)?;
+        }
+        x = (x + self.position.forward(positions)?)?;
+        self.norm.forward(&x)
+    }
+
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.word.embeddings()
+    }
+}
+
+/// Multi-head attention followed by its output projection and residual LayerNorm
+/// (`attention.self.*` + `attention.output.*` in transformers).
+struct AttentionBlock {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    out: Linear,
+    norm: LayerNorm,
+    heads: usize,
+    scale: f64,
+}
+
+impl AttentionBlock {
+    fn load(cfg: &StackConfig, kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            query: linear(d, d, vb.pp("self.query"))?,
+            key: linear(kv_dim, d, vb.pp("self.key"))?,
+            value: linear(kv_dim, d, vb.pp("self.value"))?,
+            out: linear(d, d, vb.pp("output.dense"))?,
+            norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            heads: cfg.num_heads,
+            scale: 1.0 / (cfg.head_dim() as f64).sqrt(),
+        })
+    }
+
+    fn finish(&self, ctx: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.norm.forward(&(self.out.forward(ctx)? + residual)?)
+    }
+
+    /// Bidirectional self-attention over a padded batch.
+    fn encoder_forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let q = project_heads(&self.query, x, self.heads)?;
+        let k = project_heads(&self.key, x, self.heads)?;
+        let v = project_heads(&self.value, x, self.heads)?;
+        let ctx = attention(&q, &k, &v, Some(mask), self.scale)?;
+        self.finish(&merge_heads(&ctx)?, x)
+    }
+
+    /// Causal self-attention for one new token per row, with the cache holding the past.
+    fn decoder_step(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let q = project_heads(&self.query, x, self.heads)?;
+        let k = project_heads(&self.key, x, self.heads)?;
+        let v = project_heads(&self.value, x, self.heads)?;
+        let (k, v) = cache.append(&k, &v)?;
+        let ctx = attention(&q, &k, &v, None, self.scale)?;
+        self.finish(&merge_heads(&ctx)?, x)
+    }
+
+    /// Encoder keys/values for cross-attention, computed once per input.
+    fn cross_kv(&self, enc: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            project_heads(&self.key, enc, self.heads)?,
+            project_heads(&self.value, enc, self.heads)?,
+        ))
+    }
+
+    fn cross_step(&self, x: &Tensor, kv: &(Tensor, Tensor), mask: &Tensor) -> Result<Tensor> {
+        let q = self.query.forward(x)?;
+        let ctx = cross_attention_shared(&q, &kv.0, &kv.1, mask, self.scale)?;
+        self.finish(&ctx, x)
+    }
+}
+
+struct FeedForward {
+    intermediate: Linear,
+    output: Linear,
+    norm: LayerNorm,
+    act: Activation,
+}
+
+impl FeedForward {
+    fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            intermediate: linear(d, i, vb.pp("intermediate.dense"))?,
+            output: linear(i, d, vb.pp("output.dense"))?,
+            norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            act: cfg.activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = activate(&self.intermediate.forward(x)?, self.act)?;
+        self.norm.forward(&(self.output.forward(&h)? + x)?)
+    }
+}
+
+struct Block {
+    attention: AttentionBlock,
+    cross: Option<AttentionBlock>,
+    ffn: FeedForward,
+}
+
+impl Block {
+    fn load(cfg: &StackConfig, cross_kv_dim: Option<usize>, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            attention: AttentionBlock::load(cfg, cfg.hidden_size, vb.pp("attention"))?,
+            cross: match cross_kv_dim {
+                Some(kv) => Some(AttentionBlock::load(cfg, kv, vb.pp("crossattention"))?),
+                None => None,
+            },
+            ffn: FeedForward::load(cfg, vb.clone())?,
+        })
+    }
+}
+
+/// Position ids of a row as transformers computes them. RoBERTa skips pads and starts at
+/// `padding_idx + 1`; BERT and BertGeneration count from 0.
+pub fn position_ids(cfg: &StackConfig, ids: &[u32], past: usize) -> Vec<u32> {
+    match cfg.family {
+        Family::Roberta => {
+            let pad = cfg.pad_token_id.unwrap_or(1);
+            let mut count = 0u32;
+            ids.iter()
+                .map(|&t| {
+                    if t == pad {
+                        pad
+                    } else {
+                        count += 1;
+                        pad + past as u32 + count
+                    }
+                })
+                .collect()
+        }
+        _ => (past as u32..(past + ids.len()) as u32).collect(),
+    }
+}
+
+/// The encoder half.
+pub struct BertEncoder {
+    embeddings: Embeddings,
+    blocks: Vec<Block>,
+}
+
+impl BertEncoder {
+    /// `vb` points at the encoder's base model (`encoder.`).
+    pub fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+        let embeddings = Embeddings::load(cfg, vb.pp("embeddings"))?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Block::load(cfg, None, vb.pp(format!("encoder.layer.{i}"))))
+            .collect::<Result<_>>()?;
+        Ok(Self { embeddings, blocks })
+    }
+
+    /// `ids`, `positions`: `[batch, len]`; `mask`: additive `[batch, 1, 1, len]`.
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(ids, positions)?;
+        for block in &self.blocks {
+            let a = block.attention.encoder_forward(&x, mask)?;
+            x = block.ffn.forward(&a)?;
+        }
+        Ok(x)
+    }
+}
+
+/// transform(dense → act → LN) then the tied vocabulary projection, or the projection alone.
+struct LmHead {
+    transform: Option<(Linear, Activation, LayerNorm)>,
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LmHead {
+    fn load(cfg: &StackConfig, word_embeddings: &Tensor, vb: VarBuilder) -> Result<Self> {
+        let (d, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        // The output projection is tied to the word embeddings unless the file has its own.
+        let tied_or_own = |vb: &VarBuilder| -> Result<Tensor> {
+            if vb.contains_tensor("decoder.weight") {
+                vb.get((vocab, d), "decoder.weight")
+            } else {
+                Ok(word_embeddings.clone())
+            }
+        };
+        // The bias lives at `<head>.bias` (tied to `<head>.decoder.bias`).
+        let bias = |vb: &VarBuilder| -> Result<Tensor> {
+            if vb.contains_tensor("bias") {
+                vb.get(vocab, "bias")
+            } else {
+                vb.get(vocab, "decoder.bias")
+            }
+        };
+        match cfg.family {
+            Family::Bert => {
+                let vb = vb.pp("cls.predictions");
+                let t = vb.pp("transform");
+                Ok(Self {
+                    transform: Some((
+                        linear(d, d, t.pp("dense"))?,
+                        cfg.activation,
+                        layer_norm(d, cfg.layer_norm_eps, t.pp("LayerNorm"))?,
+                    )),
+                    weight: tied_or_own(&vb)?,
+                    bias: bias(&vb)?,
+                })
+            }
+            Family::Roberta => {
+                let vb = vb.pp("lm_head");
+                Ok(Self {
+                    // RobertaLMHead always uses exact GELU, whatever `hidden_act` says.
+                    transform: Some((
+                        linear(d, d, vb.pp("dense"))?,
+                        Activation::Gelu,
+                        layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm"))?,
+                    )),
+                    weight: tied_or_own(&vb)?,
+                    bias: bias(&vb)?,
+                })
+            }
+            Family::BertGeneration => {
+                let vb = vb.pp("lm_head");
+                Ok(Self {
+                    transform: None,
+                    weight: tied_or_own(&vb)?,
+                    bias: bias(&vb)?,
+                })
+            }
+            Family::Gpt2 => unreachable!("GPT-2 has its own decoder"),
+        }
+    }
+
+    /// `[rows, d]` → `[rows, vocab]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = match &self.transform {
+            Some((dense, act, norm)) => norm.forward(&activate(&dense.forward(x)?, *act)?)?,
+            None => x.clone(),
+        };
+        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+/// The decoder half: `BertLMHeadModel`, `RobertaForCausalLM` or `BertGenerationDecoder`.
+pub struct BertDecoder {
+    cfg: StackConfig,
+    embeddings: Embeddings,
+    blocks: Vec<Block>,
+    head: LmHead,
+}
+
+impl BertDecoder {
+    /// `vb` points at the decoder (`decoder.`); `cross_dim` is the width of the encoder
+    /// states it attends to (after `enc_to_dec_proj`, i.e. its own width).
+    pub fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+        let base = vb.pp(cfg.family.decoder_base());
+        let embeddings = Embeddings::load(cfg, base.pp("embeddings"))?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| {
+                Block::load(
+                    cfg,
+                    Some(cfg.hidden_size),
+                    base.pp(format!("encoder.layer.{i}")),
+                )
+            })
+            .collect::<Result<_>>()?;
+        let head = LmHead::load(cfg, embeddings.word_embeddings(), vb)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embeddings,
+            blocks,
+            head,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn config(&self) -> &StackConfig {
+        &self.cfg
+    }
+
+    /// Cross-attention K/V of every layer for encoder states `[inputs, src_len, d]`.
+    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+        self.blocks
+            .iter()
+            .map(|b| b.cross.as_ref().expect("decoder block").cross_kv(enc))
+            .collect()
+    }
+
+    /// One decoding step. `tokens`, `positions`: `[rows, 1]`. Returns logits `[rows, vocab]`.
+    pub fn step(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        caches: &mut [KvCache],
+        cross_kv: &[(Tensor, Tensor)],
+        cross_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(tokens, positions)?;
+        for ((block, cache), kv) in self.blocks.iter().zip(caches.iter_mut()).zip(cross_kv) {
+            let a = block.attention.decoder_step(&x, cache)?;
+            let c = block
+                .cross
+                .as_ref()
+                .expect("decoder block")
+                .cross_step(&a, kv, cross_mask)?;
+            x = block.ffn.forward(&c)?;
+        }
+        let rows = x.dim(0)?;
+        self.head.forward(&x.reshape((rows, self.cfg.hidden_size))?)
+    }
+}

@@ -1,0 +1,157 @@
+//! GPT-2 decoder with cross-attention (`GPT2LMHeadModel`, `add_cross_attention=True`).
+//!
+//! Pre-LayerNorm block:
+//!   x += SelfAttn(LN₁(x));   x += CrossAttn(LN_cross(x), enc);   x += MLP(LN₂(x))
+//! then LN_f and the vocabulary projection tied to `wte`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+use super::layers::{
+    activate, attention, chunk_last, conv1d, cross_attention_shared, layer_norm, merge_heads,
+    split_heads, KvCache,
+};
+use crate::checkpoint::config::{Activation, StackConfig};
+
+struct Gpt2Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    attn_proj: Linear,
+    ln_cross: LayerNorm,
+    q_attn: Linear,
+    cross_kv_attn: Linear,
+    cross_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+    act: Activation,
+    heads: usize,
+    scale: f64,
+}
+
+impl Gpt2Block {
+    fn load(cfg: &StackConfig, layer_idx: usize, vb: VarBuilder) -> Result<Self> {
+        let (d, inner, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        let mut scale = 1.0;
+        if cfg.scale_attn_weights {
+            scale /= (cfg.head_dim() as f64).sqrt();
+        }
+        if cfg.scale_attn_by_inverse_layer_idx {
+            scale /= (layer_idx + 1) as f64;
+        }
+        Ok(Self {
+            ln_1: layer_norm(d, eps, vb.pp("ln_1"))?,
+            c_attn: conv1d(d, 3 * d, vb.pp("attn.c_attn"))?,
+            attn_proj: conv1d(d, d, vb.pp("attn.c_proj"))?,
+            ln_cross: layer_norm(d, eps, vb.pp("ln_cross_attn"))?,
+            q_attn: conv1d(d, d, vb.pp("crossattention.q_attn"))?,
+            cross_kv_attn: conv1d(d, 2 * d, vb.pp("crossattention.c_attn"))?,
+            cross_proj: conv1d(d, d, vb.pp("crossattention.c_proj"))?,
+            ln_2: layer_norm(d, eps, vb.pp("ln_2"))?,
+            c_fc: conv1d(d, inner, vb.pp("mlp.c_fc"))?,
+            mlp_proj: conv1d(inner, d, vb.pp("mlp.c_proj"))?,
+            act: cfg.activation,
+            heads: cfg.num_heads,
+            scale,
+        })
+    }
+
+    fn cross_kv(&self, enc: &Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = chunk_last(&self.cross_kv_attn.forward(enc)?, 2)?;
+        Ok((
+            split_heads(&kv[0], self.heads)?,
+            split_heads(&kv[1], self.heads)?,
+        ))
+    }
+
+    fn step(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        cross_kv: &(Tensor, Tensor),
+        cross_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let qkv = chunk_last(&self.c_attn.forward(&self.ln_1.forward(x)?)?, 3)?;
+        let q = split_heads(&qkv[0], self.heads)?;
+        let (k, v) = cache.append(
+            &split_heads(&qkv[1], self.heads)?,
+            &split_heads(&qkv[2], self.heads)?,
+        )?;
+        let ctx = merge_heads(&attention(&q, &k, &v, None, self.scale)?)?;
+        let x = (x + self.attn_proj.forward(&ctx)?)?;
+
+        let q = self.q_attn.forward(&self.ln_cross.forward(&x)?)?;
+        let ctx = cross_attention_shared(&q, &cross_kv.0, &cross_kv.1, cross_mask, self.scale)?;
+        let x = (x + self.cross_proj.forward(&ctx)?)?;
+
+        let h = activate(&self.c_fc.forward(&self.ln_2.forward(&x)?)?, self.act)?;
+        x + self.mlp_proj.forward(&h)?
+    }
+}
+
+pub struct Gpt2Decoder {
+    cfg: StackConfig,
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Gpt2Block>,
+    ln_f: LayerNorm,
+    lm_head: Tensor,
+}
+
+impl Gpt2Decoder {
+    /// `vb` points at the decoder (`decoder.`).
+    pub fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+        let t = vb.pp("transformer");
+        let d = cfg.hidden_size;
+        let wte = candle_nn::embedding(cfg.vocab_size, d, t.pp("wte"))?;
+        let wpe = candle_nn::embedding(cfg.max_positions, d, t.pp("wpe"))?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Gpt2Block::load(cfg, i, t.pp(format!("h.{i}"))))
+            .collect::<Result<_>>()?;
+        let ln_f = layer_norm(d, cfg.layer_norm_eps, t.pp("ln_f"))?;
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            vb.get((cfg.vocab_size, d), "lm_head.weight")?
+        } else {
+            wte.embeddings().clone()
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn config(&self) -> &StackConfig {
+        &self.cfg
+    }
+
+    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+        self.blocks.iter().map(|b| b.cross_kv(enc)).collect()
+    }
+
+    /// One decoding step. `tokens`, `positions`: `[rows, 1]`. Returns logits `[rows, vocab]`.
+    pub fn step(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        caches: &mut [KvCache],
+        cross_kv: &[(Tensor, Tensor)],
+        cross_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let mut x = (self.wte.forward(tokens)? + self.wpe.forward(positions)?)?;
+        for ((block, cache), kv) in self.blocks.iter().zip(caches.iter_mut()).zip(cross_kv) {
+            x = block.step(&x, cache, kv, cross_mask)?;
+        }
+        let x = self.ln_f.forward(&x)?;
+        let rows = x.dim(0)?;
+        x.reshape((rows, self.cfg.hidden_size))?
+            .matmul(&self.lm_head.t()?)
+    }
+}

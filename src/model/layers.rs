@@ -1,0 +1,129 @@
+//! Building blocks shared by the BERT and GPT-2 families: activations, scaled
+//! dot-product attention, head splitting, and Conv1D-as-Linear loading.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::checkpoint::config::Activation;
+
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Gelu => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Relu => x.relu(),
+        Activation::Silu => x.silu(),
+    }
+}
+
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear(in_dim, out_dim, vb)
+}
+
+pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    candle_nn::layer_norm(size, eps, vb)
+}
+
+/// GPT-2's `Conv1D` stores its weight as `[in, out]`; transposing once at load time turns
+/// it into an ordinary `Linear` (y = x Wᵀ + b with W `[out, in]`).
+pub fn conv1d(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get((in_dim, out_dim), "weight")?.t()?.contiguous()?;
+    let b = vb.get(out_dim, "bias")?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+/// `[batch, len, heads·head_dim]` → `[batch, heads, len, head_dim]`.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    x.reshape((b, l, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// `[batch, heads, len, head_dim]` → `[batch, len, heads·head_dim]`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, l, dh) = x.dims4()?;
+    x.transpose(1, 2)?.contiguous()?.reshape((b, l, h * dh))
+}
+
+/// softmax(q kᵀ · scale + mask) v over the last two dimensions.
+/// `mask` is additive (0 or a very negative number) and broadcasts over the scores.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
+}
+
+/// Cross-attention where every input's encoder K/V serve all of its beams:
+/// the beams become query rows of one attention per input, so K/V are never copied
+/// per beam. `q`: `[inputs·beams, 1, d]`; `k`, `v`: `[inputs, heads, src_len, head_dim]`;
+/// `mask`: `[inputs, 1, 1, src_len]`. Returns `[inputs·beams, 1, d]`.
+pub fn cross_attention_shared(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let (rows, _, d) = q.dims3()?;
+    let (inputs, heads, _, head_dim) = k.dims4()?;
+    let beams = rows / inputs;
+    let q = q
+        .reshape((inputs, beams, heads, head_dim))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let ctx = attention(&q, k, v, Some(mask), scale)?; // [inputs, heads, beams, head_dim]
+    ctx.transpose(1, 2)?.contiguous()?.reshape((rows, 1, d))
+}
+
+/// Appends one step's keys/values to a layer's self-attention cache (`[rows, heads, t, dh]`).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+impl KvCache {
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match (&self.k, &self.v) {
+            (Some(pk), Some(pv)) => (
+                Tensor::cat(&[pk, k], 2)?.contiguous()?,
+                Tensor::cat(&[pv, v], 2)?.contiguous()?,
+            ),
+            _ => (k.clone(), v.clone()),
+        };
+        self.k = Some(k.clone());
+        self.v = Some(v.clone());
+        Ok((k, v))
+    }
+
+    /// Keeps rows `index` (in that order): beam reordering and dropping finished inputs.
+    pub fn select_rows(&mut self, index: &Tensor) -> Result<()> {
+        if let Some(k) = &self.k {
+            self.k = Some(k.index_select(index, 0)?);
+        }
+        if let Some(v) = &self.v {
+            self.v = Some(v.index_select(index, 0)?);
+        }
+        Ok(())
+    }
+}
+
+/// Applies a `Linear` and splits the result into heads.
+pub fn project_heads(lin: &Linear, x: &Tensor, heads: usize) -> Result<Tensor> {
+    split_heads(&lin.forward(x)?, heads)
+}
+
+/// Splits the last dimension into `n` equal chunks (GPT-2's fused projections).
+pub fn chunk_last(x: &Tensor, n: usize) -> Result<Vec<Tensor>> {
+    let d = x.dim(D::Minus1)? / n;
+    (0..n).map(|i| x.narrow(D::Minus1, i * d, d)).collect()
+}
