@@ -6,11 +6,11 @@
 //! cross-attention block is new.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::layers::{
     activate, attention, cross_attention_shared, layer_norm, linear, merge_heads, project_heads,
-    KvCache,
+    KvCache, Linear,
 };
 use crate::checkpoint::config::{Activation, Family, StackConfig};
 
@@ -221,8 +221,7 @@ impl BertEncoder {
 /// transform(dense → act → LN) then the tied vocabulary projection, or the projection alone.
 struct LmHead {
     transform: Option<(Linear, Activation, LayerNorm)>,
-    weight: Tensor,
-    bias: Tensor,
+    projection: Linear,
 }
 
 impl LmHead {
@@ -254,8 +253,7 @@ impl LmHead {
                         cfg.activation,
                         layer_norm(d, cfg.layer_norm_eps, t.pp("LayerNorm"))?,
                     )),
-                    weight: tied_or_own(&vb)?,
-                    bias: bias(&vb)?,
+                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?)),
                 })
             }
             Family::Roberta => {
@@ -267,16 +265,14 @@ impl LmHead {
                         Activation::Gelu,
                         layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm"))?,
                     )),
-                    weight: tied_or_own(&vb)?,
-                    bias: bias(&vb)?,
+                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?)),
                 })
             }
             Family::BertGeneration => {
                 let vb = vb.pp("lm_head");
                 Ok(Self {
                     transform: None,
-                    weight: tied_or_own(&vb)?,
-                    bias: bias(&vb)?,
+                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?)),
                 })
             }
             Family::Gpt2 => unreachable!("GPT-2 has its own decoder"),
@@ -289,7 +285,7 @@ impl LmHead {
             Some((dense, act, norm)) => norm.forward(&activate(&dense.forward(x)?, *act)?)?,
             None => x.clone(),
         };
-        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        self.projection.forward(&x)
     }
 }
 

@@ -5,11 +5,11 @@
 //! then LN_f and the vocabulary projection tied to `wte`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::layers::{
     activate, attention, chunk_last, conv1d, cross_attention_shared, layer_norm, merge_heads,
-    split_heads, KvCache,
+    split_heads, KvCache, Linear,
 };
 use crate::checkpoint::config::{Activation, StackConfig};
 
@@ -95,7 +95,7 @@ pub struct Gpt2Decoder {
     wpe: Embedding,
     blocks: Vec<Gpt2Block>,
     ln_f: LayerNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
 }
 
 impl Gpt2Decoder {
@@ -109,11 +109,14 @@ impl Gpt2Decoder {
             .map(|i| Gpt2Block::load(cfg, i, t.pp(format!("h.{i}"))))
             .collect::<Result<_>>()?;
         let ln_f = layer_norm(d, cfg.layer_norm_eps, t.pp("ln_f"))?;
-        let lm_head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((cfg.vocab_size, d), "lm_head.weight")?
-        } else {
-            wte.embeddings().clone()
-        };
+        let lm_head = Linear::new(
+            if vb.contains_tensor("lm_head.weight") {
+                vb.get((cfg.vocab_size, d), "lm_head.weight")?
+            } else {
+                wte.embeddings().clone()
+            },
+            None,
+        );
         Ok(Self {
             cfg: cfg.clone(),
             wte,
@@ -151,7 +154,7 @@ impl Gpt2Decoder {
         }
         let x = self.ln_f.forward(&x)?;
         let rows = x.dim(0)?;
-        x.reshape((rows, self.cfg.hidden_size))?
-            .matmul(&self.lm_head.t()?)
+        self.lm_head
+            .forward(&x.reshape((rows, self.cfg.hidden_size))?)
     }
 }

@@ -1,9 +1,10 @@
 //! Building blocks shared by the BERT and GPT-2 families: activations, scaled
 //! dot-product attention, head splitting, and Conv1D-as-Linear loading.
 
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Module, Result, Storage, Tensor, D};
+use candle_nn::{LayerNorm, VarBuilder};
 
+use super::skinny;
 use crate::checkpoint::config::Activation;
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -15,8 +16,75 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     }
 }
 
+/// `y = x Wᵀ + b` with W stored `[out, in]` as transformers stores `nn.Linear`.
+/// Few-row inputs (decode steps) take the weight-streaming kernel; the rest candle's GEMM.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    fn streaming_eligible(&self, x: &Tensor, rows: usize) -> bool {
+        rows <= skinny::MAX_ROWS
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && self.weight.is_contiguous()
+    }
+
+    fn forward_streaming(&self, x: &Tensor, rows: usize, k: usize) -> Result<Tensor> {
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let n = self.weight.dim(0)?;
+        let mut out = vec![0f32; rows * n];
+        let (w_storage, w_layout) = self.weight.storage_and_layout();
+        let Storage::Cpu(w_cpu) = &*w_storage else {
+            candle_core::bail!("streaming matmul needs CPU weights")
+        };
+        let w = &w_cpu.as_slice::<f32>()?[w_layout.start_offset()..][..n * k];
+        match &self.bias {
+            Some(b) => {
+                let b = b.to_vec1::<f32>()?;
+                skinny::matmul_xwt(&xs, w, Some(&b), k, &mut out);
+            }
+            None => skinny::matmul_xwt(&xs, w, None, k, &mut out),
+        }
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = n;
+        Tensor::from_vec(out, dims, x.device())
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let k = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / k;
+        if self.streaming_eligible(x, rows) {
+            return self.forward_streaming(x, rows, k);
+        }
+        let mut out_dims = x.dims().to_vec();
+        *out_dims.last_mut().expect("rank ≥ 1") = self.weight.dim(0)?;
+        let y = x.reshape((rows, k))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        y.reshape(out_dims)
+    }
+}
+
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear(in_dim, out_dim, vb)
+    let w = vb.get((out_dim, in_dim), "weight")?;
+    let b = vb.get(out_dim, "bias")?;
+    Ok(Linear::new(w, Some(b)))
 }
 
 pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {

@@ -9,18 +9,19 @@
 pub mod bert;
 pub mod gpt2;
 pub mod layers;
+pub mod skinny;
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::checkpoint::config::{EncoderDecoderConfig, Family};
 use crate::checkpoint::weights::WeightStore;
 use bert::{position_ids, BertDecoder, BertEncoder};
 use gpt2::Gpt2Decoder;
-use layers::KvCache;
+use layers::{KvCache, Linear};
 
 enum Decoder {
     Bert(BertDecoder),
