@@ -45,6 +45,9 @@ pub struct Args {
     pub repetition_penalty: Option<f32>,
     #[arg(long)]
     pub num_return_sequences: Option<usize>,
+    /// Print load and per-batch generation times (JSON lines) on stderr.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 #[derive(Deserialize)]
@@ -80,7 +83,11 @@ pub fn run(args: Args) -> Result<()> {
         decoder_tokenizer: args.decoder_tokenizer.clone(),
         ..Default::default()
     };
+    let load_started = std::time::Instant::now();
     let engine = Engine::load(&args.model, &opts)?;
+    if args.timings {
+        eprintln!("{}", json!({"load_seconds": load_started.elapsed().as_secs_f64()}));
+    }
     let cfg = engine
         .defaults()
         .with_overrides(&overrides)
@@ -105,10 +112,10 @@ pub fn run(args: Args) -> Result<()> {
             });
         pending.push(parsed);
         if pending.len() as u64 == args.batch_size {
-            flush(&engine, &cfg, &mut pending, &mut out)?;
+            flush(&engine, &cfg, &mut pending, &mut out, args.timings)?;
         }
     }
-    flush(&engine, &cfg, &mut pending, &mut out)?;
+    flush(&engine, &cfg, &mut pending, &mut out, args.timings)?;
     Ok(())
 }
 
@@ -117,12 +124,24 @@ fn flush(
     cfg: &crate::generation::GenerationConfig,
     pending: &mut Vec<(Value, Result<String, String>)>,
     out: &mut impl Write,
+    timings: bool,
 ) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
     let texts: Vec<&str> = pending
         .iter()
         .filter_map(|(_, t)| t.as_deref().ok())
         .collect();
-    let mut results = engine.generate_texts(&texts, cfg)?.into_iter();
+    let started = std::time::Instant::now();
+    let results = engine.generate_texts(&texts, cfg)?;
+    if timings {
+        eprintln!(
+            "{}",
+            json!({"batch_inputs": texts.len(), "generate_seconds": started.elapsed().as_secs_f64()})
+        );
+    }
+    let mut results = results.into_iter();
     for (id, text) in pending.drain(..) {
         let line = match text {
             Err(msg) => json!({"id": id, "error": msg}),

@@ -4,7 +4,7 @@
 use candle_core::{DType, Module, Result, Storage, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::skinny;
+use super::{skinny, small_attention};
 use crate::checkpoint::config::Activation;
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -122,6 +122,9 @@ pub fn attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
+    if small_attention::eligible(q, k, v) {
+        return small_attention::attention(q, k, v, mask, scale);
+    }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,

@@ -10,6 +10,7 @@ pub mod bert;
 pub mod gpt2;
 pub mod layers;
 pub mod skinny;
+pub mod small_attention;
 
 use std::path::Path;
 
