@@ -16,3 +16,4 @@ pub mod hub;
 pub mod model;
 pub mod server;
 pub mod tokenizer;
+pub mod warmstart;

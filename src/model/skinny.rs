@@ -29,13 +29,12 @@ pub fn matmul_xwt(x: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize, out: &mu
         .enumerate()
         .for_each(|(task, chunk)| {
             let first = task * ROWS_PER_TASK;
-            for (i, dots) in chunk.chunks_mut(rows).enumerate() {
-                let j = first + i;
-                let wj = &w[j * k..(j + 1) * k];
-                dot_rows(x, wj, k, dots);
+            for (pair, dots) in chunk.chunks_mut(2 * rows).enumerate() {
+                let j = first + 2 * pair;
+                dot_weight_rows(x, w, j, k, dots);
                 if let Some(b) = bias {
-                    for d in dots.iter_mut() {
-                        *d += b[j];
+                    for (i, d) in dots.iter_mut().enumerate() {
+                        *d += b[j + i / rows];
                     }
                 }
             }
@@ -47,19 +46,30 @@ pub fn matmul_xwt(x: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize, out: &mu
     }
 }
 
-/// `dots[r] = x[r, :] · wj` for every row r.
-fn dot_rows(x: &[f32], wj: &[f32], k: usize, dots: &mut [f32]) {
+/// Dots of every row of x with weight rows `j` and `j + 1` (or `j` alone at the end):
+/// `dots` is `[1 or 2, rows]`.
+fn dot_weight_rows(x: &[f32], w: &[f32], j: usize, k: usize, dots: &mut [f32]) {
+    let rows = x.len() / k;
+    let w0 = &w[j * k..(j + 1) * k];
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { avx2::dot_rows(x, wj, k, dots) };
+            if dots.len() == 2 * rows {
+                let w1 = &w[(j + 1) * k..(j + 2) * k];
+                let (d0, d1) = dots.split_at_mut(rows);
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                unsafe { avx2::dot_rows2(x, w0, w1, k, d0, d1) };
+            } else {
+                // SAFETY: as above.
+                unsafe { avx2::dot_rows(x, w0, k, dots) };
+            }
             return;
         }
     }
-    for (r, d) in dots.iter_mut().enumerate() {
-        *d = dot(&x[r * k..(r + 1) * k], wj);
+    for (i, d) in dots.iter_mut().enumerate() {
+        let (wi, r) = (j + i / rows, i % rows);
+        *d = dot(&x[r * k..(r + 1) * k], &w[wi * k..(wi + 1) * k]);
     }
 }
 
@@ -93,8 +103,7 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// Four rows of x against one weight row per pass: each weight vector is loaded once
-    /// and feeds four FMAs.
+    /// Up to four rows of x against one weight row per pass.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_rows(x: &[f32], wj: &[f32], k: usize, dots: &mut [f32]) {
         let rows = dots.len();
@@ -113,12 +122,50 @@ mod avx2 {
                 }
                 i += 8;
             }
-            for g in 0..group {
-                let mut s = hsum(acc[g]);
+            for (g, a) in acc.iter().enumerate().take(group) {
+                let mut s = hsum(*a);
                 for t in vec_k..k {
                     s += *xp.add(g * k + t) * *w.add(t);
                 }
                 dots[r + g] = s;
+            }
+            r += group;
+        }
+    }
+
+    /// Up to four rows of x against two weight rows per pass: every loaded x vector
+    /// feeds two FMAs and every weight vector four.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows2(x: &[f32], w0: &[f32], w1: &[f32], k: usize, d0: &mut [f32], d1: &mut [f32]) {
+        let rows = d0.len();
+        let vec_k = k / 8 * 8;
+        let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
+        let mut r = 0;
+        while r < rows {
+            let group = (rows - r).min(4);
+            let xp = x.as_ptr().add(r * k);
+            let mut a0 = [_mm256_setzero_ps(); 4];
+            let mut a1 = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i < vec_k {
+                let v0 = _mm256_loadu_ps(p0.add(i));
+                let v1 = _mm256_loadu_ps(p1.add(i));
+                for g in 0..group {
+                    let xv = _mm256_loadu_ps(xp.add(g * k + i));
+                    a0[g] = _mm256_fmadd_ps(xv, v0, a0[g]);
+                    a1[g] = _mm256_fmadd_ps(xv, v1, a1[g]);
+                }
+                i += 8;
+            }
+            for g in 0..group {
+                let (mut s0, mut s1) = (hsum(a0[g]), hsum(a1[g]));
+                for t in vec_k..k {
+                    let xv = *xp.add(g * k + t);
+                    s0 += xv * *p0.add(t);
+                    s1 += xv * *p1.add(t);
+                }
+                d0[r + g] = s0;
+                d1[r + g] = s1;
             }
             r += group;
         }

@@ -125,10 +125,7 @@ pub fn check_against_fixtures(model: &str, dir: &Path, only: Option<&[&str]>) {
         if only.is_some_and(|o| !o.contains(&set.name.as_str())) {
             continue;
         }
-        let cfg = engine
-            .defaults()
-            .with_overrides(&set.overrides())
-            .unwrap();
+        let cfg = engine.defaults().with_overrides(&set.overrides()).unwrap();
         // The checkpoint's resolved special ids must be the ones transformers used.
         assert_eq!(
             cfg.decoder_start_token_id as u64,
@@ -151,7 +148,12 @@ pub fn check_against_fixtures(model: &str, dir: &Path, only: Option<&[&str]>) {
                     continue;
                 }
                 let encoded = encoded.unwrap();
-                assert_eq!(encoded, ids(&line["input_ids"]), "{model}: input ids of {}", line["id"]);
+                assert_eq!(
+                    encoded,
+                    ids(&line["input_ids"]),
+                    "{model}: input ids of {}",
+                    line["id"]
+                );
                 batch.push(encoded);
                 positions.push(i);
             }
@@ -168,7 +170,10 @@ pub fn check_against_fixtures(model: &str, dir: &Path, only: Option<&[&str]>) {
                     checked += 1;
                     let want = trim_row(&ids(row), &cfg.eos_token_ids);
                     if hyp.ids != want {
-                        failures.push(format!("{id}[{r}]: ids\n  got  {:?}\n  want {:?}", hyp.ids, want));
+                        failures.push(format!(
+                            "{id}[{r}]: ids\n  got  {:?}\n  want {:?}",
+                            hyp.ids, want
+                        ));
                         continue;
                     }
                     let want_score = line["sequence_scores"][r].as_f64().unwrap();
@@ -199,4 +204,3 @@ pub fn check_against_fixtures(model: &str, dir: &Path, only: Option<&[&str]>) {
     );
     assert!(checked > 0);
 }
-
