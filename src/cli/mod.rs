@@ -4,8 +4,10 @@
 use clap::{Parser, Subcommand};
 
 pub mod download;
+pub mod eval;
 pub mod generate;
 pub mod serve;
+pub mod warmstart;
 
 #[derive(Debug, Parser)]
 #[command(name = "encdec", version, about = "Serve warm-started encoder-decoder models")]
@@ -22,6 +24,10 @@ pub enum Command {
     Generate(generate::Args),
     /// Pre-fetch a hub model into the local cache.
     Download(download::Args),
+    /// Score a checkpoint (or existing predictions) on a task's test set.
+    Eval(eval::Args),
+    /// Compose an EncoderDecoderModel from standalone (or random) checkpoints.
+    Warmstart(warmstart::Args),
 }
 
 /// Entry point shared by the binary and tests.
@@ -30,5 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Download(args) => download::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Warmstart(args) => warmstart::run(args),
     }
 }

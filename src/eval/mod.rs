@@ -11,8 +11,10 @@
 
 pub mod bleu;
 mod bootstrap;
+pub mod data;
 mod porter;
 pub mod rouge;
+pub mod run;
 pub mod sari;
 
 use std::collections::BTreeMap;
