@@ -23,56 +23,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 
+use super::flags::{parse_dtype, GenerationFlags};
 use crate::engine::{Engine, EngineOptions};
 use crate::eval::data::{self, DataFormat, DataSpec};
 use crate::eval::run::{self, PredictionRecord, ScoreOptions, Task, TaskMetrics};
-use crate::generation::{EarlyStopping, GenerationConfig, GenerationOverrides};
+use crate::generation::GenerationConfig;
 use crate::hub::{resolve_model_dir, HubOptions};
-
-/// Generation parameters; unset ones keep the checkpoint's defaults.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct GenerationFlags {
-    /// Beam width (1: greedy).
-    #[arg(long)]
-    pub num_beams: Option<usize>,
-    /// Counts the decoder start token, like transformers.
-    #[arg(long)]
-    pub max_length: Option<usize>,
-    /// Generated tokens at most (instead of --max-length).
-    #[arg(long)]
-    pub max_new_tokens: Option<usize>,
-    /// EOS is banned below this length (counts the decoder start token).
-    #[arg(long)]
-    pub min_length: Option<usize>,
-    /// Beam score = sum of log-probs / length^penalty.
-    #[arg(long, allow_hyphen_values = true)]
-    pub length_penalty: Option<f32>,
-    /// true, false or never.
-    #[arg(long)]
-    pub early_stopping: Option<EarlyStopping>,
-    /// Ban repeating n-grams of this size.
-    #[arg(long)]
-    pub no_repeat_ngram_size: Option<usize>,
-    /// Penalty on already generated tokens (1: none).
-    #[arg(long)]
-    pub repetition_penalty: Option<f32>,
-}
-
-impl GenerationFlags {
-    pub fn overrides(&self) -> GenerationOverrides {
-        GenerationOverrides {
-            max_length: self.max_length,
-            max_new_tokens: self.max_new_tokens,
-            min_length: self.min_length,
-            num_beams: self.num_beams,
-            length_penalty: self.length_penalty,
-            early_stopping: self.early_stopping,
-            no_repeat_ngram_size: self.no_repeat_ngram_size,
-            repetition_penalty: self.repetition_penalty,
-            num_return_sequences: None,
-        }
-    }
-}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -263,7 +219,7 @@ fn generate(
     )?;
     let opts = EngineOptions {
         device: parse_device(&args.device)?,
-        dtype: super::generate::parse_dtype(&args.dtype)?,
+        dtype: parse_dtype(&args.dtype)?,
         decoder_tokenizer: args.decoder_tokenizer.clone(),
     };
     let engine = Engine::load(&dir, &opts)?;

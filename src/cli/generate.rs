@@ -8,8 +8,9 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::flags::{parse_dtype, GenerationFlags};
 use crate::engine::{Engine, EngineOptions};
-use crate::generation::{EarlyStopping, GenerationOverrides};
+use crate::generation::GenerationOverrides;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,24 +26,8 @@ pub struct Args {
     /// Weights dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    #[arg(long)]
-    pub num_beams: Option<usize>,
-    /// Counts the decoder start token, like transformers.
-    #[arg(long)]
-    pub max_length: Option<usize>,
-    #[arg(long)]
-    pub max_new_tokens: Option<usize>,
-    #[arg(long)]
-    pub min_length: Option<usize>,
-    #[arg(long, allow_hyphen_values = true)]
-    pub length_penalty: Option<f32>,
-    /// true, false or never.
-    #[arg(long)]
-    pub early_stopping: Option<EarlyStopping>,
-    #[arg(long)]
-    pub no_repeat_ngram_size: Option<usize>,
-    #[arg(long)]
-    pub repetition_penalty: Option<f32>,
+    #[command(flatten)]
+    pub generation: GenerationFlags,
     #[arg(long)]
     pub num_return_sequences: Option<usize>,
     /// Print load and per-batch generation times (JSON lines) on stderr.
@@ -57,26 +42,10 @@ struct InputLine {
     id: Option<Value>,
 }
 
-pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
-    Ok(match name {
-        "f32" | "float32" => candle_core::DType::F32,
-        "f16" | "float16" => candle_core::DType::F16,
-        "bf16" | "bfloat16" => candle_core::DType::BF16,
-        other => anyhow::bail!("unsupported dtype `{other}` (use f32, f16 or bf16)"),
-    })
-}
-
 pub fn run(args: Args) -> Result<()> {
     let overrides = GenerationOverrides {
-        max_length: args.max_length,
-        max_new_tokens: args.max_new_tokens,
-        min_length: args.min_length,
-        num_beams: args.num_beams,
-        length_penalty: args.length_penalty,
-        early_stopping: args.early_stopping,
-        no_repeat_ngram_size: args.no_repeat_ngram_size,
-        repetition_penalty: args.repetition_penalty,
         num_return_sequences: args.num_return_sequences,
+        ..args.generation.overrides()
     };
     let opts = EngineOptions {
         dtype: parse_dtype(&args.dtype)?,
@@ -86,7 +55,10 @@ pub fn run(args: Args) -> Result<()> {
     let load_started = std::time::Instant::now();
     let engine = Engine::load(&args.model, &opts)?;
     if args.timings {
-        eprintln!("{}", json!({"load_seconds": load_started.elapsed().as_secs_f64()}));
+        eprintln!(
+            "{}",
+            json!({"load_seconds": load_started.elapsed().as_secs_f64()})
+        );
     }
     let cfg = engine
         .defaults()
@@ -107,7 +79,10 @@ pub fn run(args: Args) -> Result<()> {
             .unwrap_or_else(|e| {
                 (
                     Value::Null,
-                    Err(format!("line {}: not a JSON object with `text`: {e}", n + 1)),
+                    Err(format!(
+                        "line {}: not a JSON object with `text`: {e}",
+                        n + 1
+                    )),
                 )
             });
         pending.push(parsed);

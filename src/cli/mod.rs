@@ -5,12 +5,17 @@ use clap::{Parser, Subcommand};
 
 pub mod download;
 pub mod eval;
+pub mod flags;
 pub mod generate;
 pub mod serve;
 pub mod warmstart;
 
 #[derive(Debug, Parser)]
-#[command(name = "encdec", version, about = "Serve warm-started encoder-decoder models")]
+#[command(
+    name = "encdec",
+    version,
+    about = "Serve warm-started encoder-decoder models"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -1,8 +1,150 @@
-//! (in progress)
+//! `encdec serve`: load the configured models, then serve them over HTTP.
+//!
+//! ```text
+//! encdec serve --config config/default.toml
+//! encdec serve --model google/roberta2roberta_L-24_bbc --task summarize --port 8080
+//! ENCDEC_BATCHING__MAX_WAIT_MS=10 encdec serve --config c.toml --set limits.queue_capacity=64
+//! ```
+//! Settings: the file, then `PORT`, then `ENCDEC_…` variables, then `--set`, then the
+//! dedicated flags below (see `crate::server::config`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use tracing_subscriber::EnvFilter;
+
+use crate::server::config::{Config, LogFormat, Task, CONFIG_ENV};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// TOML config file (see config/default.toml).
+    #[arg(long, env = CONFIG_ENV, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Serve one model without a config file: a checkpoint directory or a hub id. With
+    /// --config, replaces the file's models.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// Hub revision for --model.
+    #[arg(long, requires = "model")]
+    pub revision: Option<String>,
+    /// Tasks --model serves (repeatable or comma-separated; default all).
+    #[arg(long = "task", value_delimiter = ',', requires = "model")]
+    pub tasks: Vec<Task>,
+    /// Device for --model: cpu, cuda or cuda:N.
+    #[arg(long, requires = "model")]
+    pub device: Option<String>,
+    /// Weights dtype for --model: f32, f16 or bf16.
+    #[arg(long, requires = "model")]
+    pub dtype: Option<String>,
+    /// Worker threads for --model.
+    #[arg(long, requires = "model")]
+    pub replicas: Option<usize>,
+    /// Address to listen on (server.host).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (server.port; also the PORT variable).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Log format, text or json (server.log_format).
+    #[arg(long, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Override any setting by its path, e.g. `--set batching.max_wait_ms=10` or
+    /// `--set models.summarize.replicas=2` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the effective configuration as TOML and exit without loading models.
+    #[arg(long)]
+    pub check_config: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// The effective configuration of `args` and the environment `env`.
+pub fn config_from(args: &Args, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+    let single = args.model.as_deref().map(|source| {
+        let mut m = Config::single_model(source, &args.tasks);
+        m.revision = args.revision.clone();
+        if let Some(d) = &args.device {
+            m.device = d.clone();
+        }
+        if let Some(d) = &args.dtype {
+            m.dtype = d.clone();
+        }
+        if let Some(r) = args.replicas {
+            m.replicas = r;
+        }
+        m
+    });
+    if args.config.is_none() && single.is_none() {
+        anyhow::bail!("give --config PATH (or {CONFIG_ENV}) or --model DIR|HUB_ID");
+    }
+    let mut sets = args.set.clone();
+    if let Some(h) = &args.host {
+        sets.push(format!("server.host={}", quoted(h)));
+    }
+    if let Some(p) = args.port {
+        sets.push(format!("server.port={p}"));
+    }
+    if let Some(f) = &args.log_format {
+        sets.push(format!("server.log_format={}", quoted(f)));
+    }
+    let config = Config::load(
+        args.config.as_deref(),
+        single.map(|m| vec![m]).as_deref(),
+        env,
+        &sets,
+    )?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = config_from(&args, std::env::vars())?;
+    if args.check_config {
+        print!(
+            "{}",
+            toml::to_string_pretty(&config).context("printing the config")?
+        );
+        return Ok(());
+    }
+    init_logging(config.server.log_format);
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    let loaded = crate::server::load(config)?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("encdec-http")
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        crate::server::serve(loaded, listener, crate::server::shutdown_signal()).await
+    });
+    // Don't wait for threads stuck past the grace period.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
