@@ -35,7 +35,11 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
 
 /// The encoder's and the decoder's tokenizer.
 pub struct Tokenizers {
+    /// Truncates (special tokens kept) to the encoder's positions, like transformers'
+    /// `truncation=True`.
     encoder: Tokenizer,
+    /// The same without truncation, to count tokens.
+    encoder_untruncated: Tokenizer,
     /// `None`: the decoder shares the encoder's vocabulary.
     decoder: Option<Tokenizer>,
     /// Ids transformers' `skip_special_tokens` drops when decoding (`all_special_ids`):
@@ -58,7 +62,11 @@ impl Tokenizers {
     /// `decoder_dir`: an explicit decoder tokenizer; otherwise `dir/decoder_tokenizer`
     /// when it exists; otherwise the encoder's tokenizer decodes too.
     pub fn load(dir: &Path, decoder_dir: Option<&Path>, max_input_tokens: usize) -> Result<Self> {
-        let encoder = load_tokenizer(dir)?;
+        let encoder_untruncated = load_tokenizer(dir)?;
+        let mut encoder = encoder_untruncated.clone();
+        encoder
+            .with_truncation(Some(truncation(max_input_tokens)))
+            .map_err(anyhow::Error::msg)?;
         let default_decoder: PathBuf = dir.join("decoder_tokenizer");
         let decoder_dir = match decoder_dir {
             Some(d) => Some(d.to_path_buf()),
@@ -72,6 +80,7 @@ impl Tokenizers {
         )?;
         Ok(Self {
             encoder,
+            encoder_untruncated,
             decoder,
             decoder_special_ids,
             max_input_tokens,
@@ -85,27 +94,14 @@ impl Tokenizers {
     /// Token ids of `text` with the tokenizer's special tokens, truncated (special tokens
     /// included) to `max_tokens` or the encoder's positions, whichever is smaller.
     pub fn encode(&self, text: &str, max_tokens: Option<usize>) -> Result<Vec<u32>, InputError> {
-        let limit = max_tokens
-            .unwrap_or(self.max_input_tokens)
-            .min(self.max_input_tokens);
-        let enc = self
-            .encoder
-            .encode(text, true)
-            .map_err(|e| InputError::Tokenizer(e.to_string()))?;
-        let mut enc = enc;
-        if enc.len() > limit {
-            // Re-encode with truncation so special tokens survive, as transformers does.
+        let tokenizer_error = |e: tokenizers::Error| InputError::Tokenizer(e.to_string());
+        let mut enc = self.encoder.encode(text, true).map_err(tokenizer_error)?;
+        if let Some(limit) = max_tokens.filter(|&m| m < enc.len()) {
+            // A tighter limit than the model's: re-encode so special tokens survive.
             let mut tok = self.encoder.clone();
-            tok.with_truncation(Some(TruncationParams {
-                max_length: limit,
-                strategy: TruncationStrategy::LongestFirst,
-                direction: TruncationDirection::Right,
-                stride: 0,
-            }))
-            .map_err(|e| InputError::Tokenizer(e.to_string()))?;
-            enc = tok
-                .encode(text, true)
-                .map_err(|e| InputError::Tokenizer(e.to_string()))?;
+            tok.with_truncation(Some(truncation(limit)))
+                .map_err(tokenizer_error)?;
+            enc = tok.encode(text, true).map_err(tokenizer_error)?;
         }
         let ids = enc.get_ids().to_vec();
         if ids.is_empty() {
@@ -130,10 +126,21 @@ impl Tokenizers {
 
     /// Number of tokens `text` encodes to without truncation (for limits and metrics).
     pub fn count_tokens(&self, text: &str) -> Result<usize, InputError> {
-        self.encoder
+        let tokenizer_error = |e: tokenizers::Error| InputError::Tokenizer(e.to_string());
+        let enc = self
+            .encoder_untruncated
             .encode(text, true)
-            .map(|e| e.len())
-            .map_err(|e| InputError::Tokenizer(e.to_string()))
+            .map_err(tokenizer_error)?;
+        Ok(enc.len())
+    }
+}
+
+fn truncation(max_length: usize) -> TruncationParams {
+    TruncationParams {
+        max_length,
+        strategy: TruncationStrategy::LongestFirst,
+        direction: TruncationDirection::Right,
+        stride: 0,
     }
 }
 
