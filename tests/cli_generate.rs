@@ -50,7 +50,11 @@ fn beam_search_output_matches_transformers_line_for_line() {
         ],
         &inputs,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let expected = param_sets("bert2bert")
         .into_iter()
         .find(|s| s.name == "cnndm")
@@ -78,7 +82,11 @@ fn per_line_errors_do_not_stop_the_run() {
         &["--model", model.to_str().unwrap(), "--max-new-tokens", "3"],
         "{\"id\": 1, \"text\": \"   \"}\nnot json\n{\"id\": 3, \"text\": \"Hello world.\"}\n",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -110,7 +118,12 @@ fn invalid_parameters_fail_with_a_clear_message() {
     assert!(err.contains("num_return_sequences"), "{err}");
 
     let out = run_generate(
-        &["--model", model.to_str().unwrap(), "--early-stopping", "maybe"],
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--early-stopping",
+            "maybe",
+        ],
         "",
     );
     assert!(!out.status.success());

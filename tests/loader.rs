@@ -126,7 +126,10 @@ fn a_missing_tensor_is_a_load_error_naming_it() {
 fn a_tensor_of_the_wrong_shape_is_a_load_error_naming_it() {
     let name = "encoder.encoder.layer.0.intermediate.dense.weight";
     let mut tensors = load_tensors(&model_dir("bert2bert"));
-    tensors.insert(name.into(), Tensor::zeros((3, 5), DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        name.into(),
+        Tensor::zeros((3, 5), DType::F32, &Device::Cpu).unwrap(),
+    );
     let tmp = copy_with_weights("bert2bert", &tensors);
     let err = load_error(tmp.path());
     assert!(err.contains(name) && err.contains("[3, 5]"), "{err}");

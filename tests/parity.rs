@@ -55,7 +55,9 @@ fn generate_texts_reports_empty_inputs_per_input() {
     )
     .unwrap();
     let cfg = engine.defaults().clone();
-    let out = engine.generate_texts(&["   ", "Hello world."], &cfg).unwrap();
+    let out = engine
+        .generate_texts(&["   ", "Hello world."], &cfg)
+        .unwrap();
     assert_eq!(out[0], Err(InputFailure::Input(InputError::Empty)));
     assert!(out[1].is_ok());
 }

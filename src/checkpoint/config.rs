@@ -105,9 +105,11 @@ impl StackConfig {
     fn from_json(v: &Value, which: &str) -> Result<Self> {
         let model_type = str_field(v, "model_type")
             .with_context(|| format!("`{which}.model_type` is missing"))?;
-        let family = Family::from_model_type(model_type).with_context(|| format!("in `{which}`"))?;
+        let family =
+            Family::from_model_type(model_type).with_context(|| format!("in `{which}`"))?;
         let req = |key: &str| -> Result<usize> {
-            usize_field(v, key).with_context(|| format!("`{which}.{key}` is missing or not a number"))
+            usize_field(v, key)
+                .with_context(|| format!("`{which}.{key}` is missing or not a number"))
         };
         let cfg = if family == Family::Gpt2 {
             let hidden_size = req("n_embd")?;

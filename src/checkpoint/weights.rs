@@ -33,8 +33,8 @@ pub fn find_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.is_file() {
         let text = std::fs::read_to_string(&index)
             .with_context(|| format!("reading {}", index.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", index.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -171,9 +171,9 @@ impl candle_nn::var_builder::SimpleBackend for WeightStore {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let stored = self
-            .resolve(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint is missing tensor `{name}`")))?;
+        let stored = self.resolve(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("checkpoint is missing tensor `{name}`"))
+        })?;
         self.load_raw(&stored)?.to_dtype(dtype)?.to_device(dev)
     }
 

@@ -160,7 +160,12 @@ impl BeamSearch {
             .collect();
         let next_running: Vec<(usize, Beam)> = top_k(&running_scores, nb)
             .into_iter()
-            .map(|j| (candidates[j].parent, extend(&candidates[j], running_scores[j])))
+            .map(|j| {
+                (
+                    candidates[j].parent,
+                    extend(&candidates[j], running_scores[j]),
+                )
+            })
             .collect();
 
         // Finished slots: merge the ended top-`nb` candidates with what is already there.

@@ -270,8 +270,8 @@ mod tests {
 
     #[test]
     fn start_falls_back_to_bos_and_missing_both_is_an_error() {
-        let c = GenerationConfig::resolve(&json!({"bos_token_id": 3}), &json!({}), &json!({}))
-            .unwrap();
+        let c =
+            GenerationConfig::resolve(&json!({"bos_token_id": 3}), &json!({}), &json!({})).unwrap();
         assert_eq!(c.decoder_start_token_id, 3);
         assert!(GenerationConfig::resolve(&json!({}), &json!({}), &json!({})).is_err());
     }
@@ -279,8 +279,7 @@ mod tests {
     #[test]
     fn overrides_validate() {
         let base =
-            GenerationConfig::resolve(&json!({"bos_token_id": 3}), &json!({}), &json!({}))
-                .unwrap();
+            GenerationConfig::resolve(&json!({"bos_token_id": 3}), &json!({}), &json!({})).unwrap();
         let o = GenerationOverrides {
             max_new_tokens: Some(5),
             max_length: Some(100),

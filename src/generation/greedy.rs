@@ -28,16 +28,17 @@ impl GreedySearch {
     pub fn step(&mut self, logits: &mut [f32], cfg: &GenerationConfig) -> bool {
         apply_all(logits, &self.seq, cfg);
         // torch.argmax returns the first maximal index.
-        let (token, _) = logits
-            .iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| {
-                if x > best.1 {
-                    (i, x)
-                } else {
-                    best
-                }
-            });
+        let (token, _) =
+            logits
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| {
+                    if x > best.1 {
+                        (i, x)
+                    } else {
+                        best
+                    }
+                });
         self.seq.push(token as u32);
         self.token_logprobs.push(sequential_log_prob(logits, token));
         cfg.eos_token_ids.contains(&(token as u32)) || self.seq.len() >= cfg.max_length

@@ -108,10 +108,8 @@ pub fn generate(
         let mut keep_inputs: Vec<u32> = Vec::with_capacity(live.len());
         let mut still_live = Vec::with_capacity(live.len());
         let width = rows_per_input * vocab;
-        for (pos, ((input, mut search), chunk)) in live
-            .into_iter()
-            .zip(logits.chunks_mut(width))
-            .enumerate()
+        for (pos, ((input, mut search), chunk)) in
+            live.into_iter().zip(logits.chunks_mut(width)).enumerate()
         {
             let first_row = pos * rows_per_input;
             let (parents, done) = match &mut search {

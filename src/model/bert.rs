@@ -29,10 +29,7 @@ impl Embeddings {
         let word = candle_nn::embedding(cfg.vocab_size, d, vb.pp("word_embeddings"))?;
         let position = candle_nn::embedding(cfg.max_positions, d, vb.pp("position_embeddings"))?;
         let token_type0 = if cfg.type_vocab_size > 0 {
-            let table = vb.get(
-                (cfg.type_vocab_size, d),
-                "token_type_embeddings.weight",
-            )?;
+            let table = vb.get((cfg.type_vocab_size, d), "token_type_embeddings.weight")?;
             Some(table.get(0)?)
         } else {
             None

@@ -96,8 +96,8 @@ impl EncoderDecoderModel {
         let store = WeightStore::open(dir, tied_base)?;
         let vb = VarBuilder::from_backend(Box::new(store), dtype, device.clone());
 
-        let encoder = BertEncoder::load(&config.encoder, vb.pp("encoder"))
-            .context("loading the encoder")?;
+        let encoder =
+            BertEncoder::load(&config.encoder, vb.pp("encoder")).context("loading the encoder")?;
         let (enc_d, dec_d) = (config.encoder.hidden_size, config.decoder.hidden_size);
         let enc_to_dec_proj = if enc_d != dec_d {
             Some(

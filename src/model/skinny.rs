@@ -136,7 +136,14 @@ mod avx2 {
     /// Up to four rows of x against two weight rows per pass: every loaded x vector
     /// feeds two FMAs and every weight vector four.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_rows2(x: &[f32], w0: &[f32], w1: &[f32], k: usize, d0: &mut [f32], d1: &mut [f32]) {
+    pub unsafe fn dot_rows2(
+        x: &[f32],
+        w0: &[f32],
+        w1: &[f32],
+        k: usize,
+        d0: &mut [f32],
+        d1: &mut [f32],
+    ) {
         let rows = d0.len();
         let vec_k = k / 8 * 8;
         let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
@@ -198,7 +205,13 @@ mod tests {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
         };
-        for (rows, k, n) in [(1, 32, 5), (3, 37, 130), (4, 768, 200), (7, 19, 64), (16, 64, 129)] {
+        for (rows, k, n) in [
+            (1, 32, 5),
+            (3, 37, 130),
+            (4, 768, 200),
+            (7, 19, 64),
+            (16, 64, 129),
+        ] {
             let x: Vec<f32> = (0..rows * k).map(|_| rand()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rand()).collect();
             let b: Vec<f32> = (0..n).map(|_| rand()).collect();

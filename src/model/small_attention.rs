@@ -58,7 +58,15 @@ pub fn attention(
                             let mut scores = vec![0f32; lk];
                             for i in 0..lq {
                                 let qi = &qs[(bh * lq + i) * d..][..d];
-                                attend_row(qi, kb, vb, mb, scale, &mut scores, &mut out_bh[i * d..][..d]);
+                                attend_row(
+                                    qi,
+                                    kb,
+                                    vb,
+                                    mb,
+                                    scale,
+                                    &mut scores,
+                                    &mut out_bh[i * d..][..d],
+                                );
                             }
                         });
                 };
@@ -137,10 +145,13 @@ mod tests {
         let q = Tensor::randn(0f32, 1., (2, 3, 4, 8), &dev).unwrap();
         let k = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev).unwrap();
         let v = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev).unwrap();
-        let mask = Tensor::new(&[0f32, 0., 0., f32::MIN, f32::MIN, 0., 0., 0., 0., 0.], &dev)
-            .unwrap()
-            .reshape((2, 1, 1, 5))
-            .unwrap();
+        let mask = Tensor::new(
+            &[0f32, 0., 0., f32::MIN, f32::MIN, 0., 0., 0., 0., 0.],
+            &dev,
+        )
+        .unwrap()
+        .reshape((2, 1, 1, 5))
+        .unwrap();
         let got = attention(&q, &k, &v, Some(&mask), 0.3).unwrap();
         let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.3)
             .unwrap()

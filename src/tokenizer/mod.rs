@@ -172,10 +172,16 @@ fn special_ids(dir: &Path, tok: &Tokenizer) -> Result<HashSet<u32>> {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", path.display()))?;
-        let mut tokens: Vec<String> = NAMED.iter().filter_map(|k| v.get(*k).and_then(content)).collect();
-        if let Some(extra) = v.get("additional_special_tokens").and_then(|a| a.as_array()) {
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let mut tokens: Vec<String> = NAMED
+            .iter()
+            .filter_map(|k| v.get(*k).and_then(content))
+            .collect();
+        if let Some(extra) = v
+            .get("additional_special_tokens")
+            .and_then(|a| a.as_array())
+        {
             tokens.extend(extra.iter().filter_map(content));
         }
         ids.extend(tokens.iter().filter_map(|t| tok.token_to_id(t)));

@@ -1,0 +1,617 @@
+//! Per-model queue, batcher and workers (the router/core split of TEI/TGI).
+//!
+//! ```text
+//!  HTTP handlers ──Command::Enqueue──▶ batcher task (tokio) ──WorkerMsg::Run──▶ worker threads (std)
+//!        ▲              (bounded by          │  FIFO queue of Sequences,              │ engine.generate_ids
+//!        └── oneshot per sequence ───────────┼──────────────────────────────────────────┘
+//!                                            ◀──Command::WorkerIdle── (after each batch)
+//! ```
+//!
+//! * The unit of queueing is a [`Sequence`]: one input of a request with its own reply
+//!   channel, so a request's inputs may land in different batches.
+//! * Admission is bounded: [`ModelQueue::submit`] refuses (429) when the sequences
+//!   waiting would exceed the queue capacity.
+//! * The batcher hands a batch to an idle worker when it is full (`max_batch_size`
+//!   sequences or `max_batch_tokens` padded tokens) or when its oldest sequence has waited
+//!   `max_wait_ms`. A batch holds only sequences with equal [`GenerationConfig`]s, taken
+//!   in arrival order behind the oldest one (FIFO).
+//! * Cancellation: a [`Ticket`] per request carries its deadline and a "client gone"
+//!   flag. Dead sequences leave the queue (the handler sends [`Command::Prune`] when it
+//!   gives up) and, via the [`StepObserver`], the running batch at the next decode step.
+//!
+//! Continuous batching: the batcher already knows which worker is busy and the worker
+//! owns each sequence's reply, so letting new sequences join a running batch at a step
+//! boundary only needs a `WorkerMsg::Join(Vec<Sequence>)` that the worker drains from its
+//! channel between steps (and an engine entry point that accepts new inputs mid-batch).
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, IntGauge};
+use tokio::sync::{mpsc, oneshot};
+
+use super::config::Batching;
+use super::metrics::Metrics;
+use crate::engine::{Engine, Generated};
+use crate::generation::{GenerationConfig, Outcome, StepObserver};
+
+/// Request-level state shared by its sequences, the handler and the worker.
+#[derive(Debug)]
+pub struct Ticket {
+    cancelled: AtomicBool,
+    pub deadline: Instant,
+}
+
+/// Why a sequence was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The client disconnected (the handler's future was dropped).
+    Client,
+    Deadline,
+}
+
+impl CancelReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::Client => "client",
+            CancelReason::Deadline => "deadline",
+        }
+    }
+}
+
+impl Ticket {
+    pub fn new(deadline: Instant) -> Self {
+        Self {
+            cancelled: AtomicBool::new(false),
+            deadline,
+        }
+    }
+
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// `Some(reason)` once the request's work should be dropped.
+    pub fn dead(&self, now: Instant) -> Option<CancelReason> {
+        if now >= self.deadline {
+            Some(CancelReason::Deadline)
+        } else if self.cancelled.load(Ordering::Relaxed) {
+            Some(CancelReason::Client)
+        } else {
+            None
+        }
+    }
+}
+
+/// One input waiting for generation.
+pub struct Sequence {
+    pub ids: Vec<u32>,
+    pub cfg: Arc<GenerationConfig>,
+    pub ticket: Arc<Ticket>,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<SequenceResult>,
+}
+
+pub type SequenceResult = Result<Finished, SequenceError>;
+
+#[derive(Debug)]
+pub struct Finished {
+    /// `num_return_sequences` outputs, best first.
+    pub outputs: Vec<Generated>,
+    pub queue_time: Duration,
+    pub inference_time: Duration,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum SequenceError {
+    Cancelled(CancelReason),
+    /// A bug (engine error or panic); the message says what.
+    Failed(String),
+}
+
+/// Messages to the batcher.
+pub enum Command {
+    Enqueue(Vec<Sequence>),
+    /// A request gave up: drop its sequences from the queue now.
+    Prune,
+    /// Worker `n` finished its batch and takes another.
+    WorkerIdle(usize),
+    /// Run what is queued without waiting, then stop the workers and exit.
+    Shutdown,
+}
+
+/// Messages to a worker. (Continuous batching adds `Join(Vec<Sequence>)`.)
+pub enum WorkerMsg {
+    Run(Vec<Sequence>),
+}
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    QueueFull { queued: usize, capacity: usize },
+    Closed,
+}
+
+/// The handlers' side of a model's queue.
+pub struct ModelQueue {
+    tx: mpsc::UnboundedSender<Command>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    queue_size: IntGauge,
+}
+
+impl ModelQueue {
+    /// Queues `seqs` (all or none).
+    pub fn submit(&self, seqs: Vec<Sequence>) -> Result<(), SubmitError> {
+        let n = seqs.len();
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + n <= self.capacity).then_some(q + n)
+            })
+            .map_err(|queued| SubmitError::QueueFull {
+                queued,
+                capacity: self.capacity,
+            })?;
+        self.queue_size.add(n as i64);
+        if self.tx.send(Command::Enqueue(seqs)).is_err() {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            self.queue_size.sub(n as i64);
+            return Err(SubmitError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Tells the batcher that some queued sequences may be dead.
+    pub fn prune(&self) {
+        let _ = self.tx.send(Command::Prune);
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+/// The batcher task and the worker threads of one model, to wait for at shutdown.
+pub struct Running {
+    pub batcher: tokio::task::JoinHandle<()>,
+    pub workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a model's batcher (on the current tokio runtime) and `replicas` worker threads.
+pub fn start(
+    model: &str,
+    engine: Arc<Engine>,
+    replicas: usize,
+    batching: Batching,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(ModelQueue, Running)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let queue_size = metrics.queue_size.with_label_values(&[model]);
+    queue_size.set(0);
+    let mut senders = Vec::with_capacity(replicas);
+    let mut workers = Vec::with_capacity(replicas);
+    for n in 0..replicas {
+        let (wtx, wrx) = std::sync::mpsc::channel::<WorkerMsg>();
+        let worker = Worker::new(n, model, engine.clone(), tx.clone(), &metrics);
+        let handle = std::thread::Builder::new()
+            .name(format!("encdec-{model}-{n}"))
+            .spawn(move || worker.run(wrx))?;
+        senders.push(wtx);
+        workers.push(handle);
+    }
+    let batcher = Batcher {
+        model: model.to_string(),
+        batching,
+        queue: VecDeque::new(),
+        workers: senders,
+        idle: (0..replicas).rev().collect(),
+        queued: queued.clone(),
+        queue_size: queue_size.clone(),
+        metrics,
+        draining: false,
+    };
+    let batcher = tokio::spawn(batcher.run(rx));
+    Ok((
+        ModelQueue {
+            tx,
+            queued,
+            capacity,
+            queue_size,
+        },
+        Running { batcher, workers },
+    ))
+}
+
+struct Batcher {
+    model: String,
+    batching: Batching,
+    queue: VecDeque<Sequence>,
+    workers: Vec<std::sync::mpsc::Sender<WorkerMsg>>,
+    idle: Vec<usize>,
+    queued: Arc<AtomicUsize>,
+    queue_size: IntGauge,
+    metrics: Arc<Metrics>,
+    draining: bool,
+}
+
+impl Batcher {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let wake = self.dispatch();
+            if self.draining && self.queue.is_empty() && self.idle.len() == self.workers.len() {
+                break;
+            }
+            let cmd = match wake {
+                Some(at) => tokio::select! {
+                    cmd = rx.recv() => cmd,
+                    _ = tokio::time::sleep_until(at.into()) => continue,
+                },
+                None => rx.recv().await,
+            };
+            match cmd {
+                Some(Command::Enqueue(seqs)) => self.queue.extend(seqs),
+                Some(Command::Prune) => {}
+                Some(Command::WorkerIdle(n)) => self.idle.push(n),
+                Some(Command::Shutdown) | None => self.draining = true,
+            }
+        }
+        tracing::debug!(model = %self.model, "batcher stopped");
+        // Dropping `self.workers` ends the worker threads.
+    }
+
+    /// Removes `n` sequences from the queue's accounting.
+    fn dequeued(&self, n: usize) {
+        if n > 0 {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            self.queue_size.sub(n as i64);
+        }
+    }
+
+    /// Drops dead sequences from the queue.
+    fn prune(&mut self) {
+        let now = Instant::now();
+        let before = self.queue.len();
+        let mut kept = VecDeque::with_capacity(before);
+        for seq in self.queue.drain(..) {
+            match seq.ticket.dead(now) {
+                None => kept.push_back(seq),
+                Some(reason) => {
+                    self.metrics
+                        .sequences_cancelled
+                        .with_label_values(&[self.model.as_str(), reason.as_str()])
+                        .inc();
+                    let _ = seq.reply.send(Err(SequenceError::Cancelled(reason)));
+                }
+            }
+        }
+        self.queue = kept;
+        self.dequeued(before - self.queue.len());
+    }
+
+    /// Hands out every batch that is due; returns when the next one will be.
+    fn dispatch(&mut self) -> Option<Instant> {
+        self.prune();
+        while !self.queue.is_empty() {
+            let worker = *self.idle.last()?;
+            let (picked, full) = plan(&self.queue, &self.batching);
+            if !(full || self.draining) {
+                let due = self.queue[0].enqueued + Duration::from_millis(self.batching.max_wait_ms);
+                if Instant::now() < due {
+                    return Some(due);
+                }
+            }
+            self.idle.pop();
+            let mut batch = Vec::with_capacity(picked.len());
+            let mut rest = VecDeque::with_capacity(self.queue.len() - picked.len());
+            let mut next = picked.iter().peekable();
+            for (i, seq) in self.queue.drain(..).enumerate() {
+                if next.peek() == Some(&&i) {
+                    next.next();
+                    batch.push(seq);
+                } else {
+                    rest.push_back(seq);
+                }
+            }
+            self.queue = rest;
+            self.dequeued(batch.len());
+            if let Err(std::sync::mpsc::SendError(WorkerMsg::Run(batch))) =
+                self.workers[worker].send(WorkerMsg::Run(batch))
+            {
+                tracing::error!(model = %self.model, worker, "worker thread is gone");
+                for seq in batch {
+                    let _ = seq
+                        .reply
+                        .send(Err(SequenceError::Failed("worker thread is gone".into())));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Which queued sequences form the next batch (indices, ascending) and whether the
+/// batch is full. The oldest sequence always goes; the others follow in arrival order
+/// if their parameters equal its own, until a limit would be passed.
+fn plan(queue: &VecDeque<Sequence>, limits: &Batching) -> (Vec<usize>, bool) {
+    let head = &queue[0];
+    let beams = head.cfg.num_beams.max(1);
+    let mut picked = vec![0];
+    let mut longest = head.ids.len();
+    for (i, seq) in queue.iter().enumerate().skip(1) {
+        if picked.len() >= limits.max_batch_size {
+            return (picked, true);
+        }
+        if !(Arc::ptr_eq(&seq.cfg, &head.cfg) || *seq.cfg == *head.cfg) {
+            continue;
+        }
+        let l = longest.max(seq.ids.len());
+        if l * (picked.len() + 1) * beams > limits.max_batch_tokens {
+            return (picked, true);
+        }
+        picked.push(i);
+        longest = l;
+    }
+    // Full when not even a row no longer than the longest so far would still fit.
+    let full = picked.len() >= limits.max_batch_size
+        || longest * (picked.len() + 1) * beams > limits.max_batch_tokens;
+    (picked, full)
+}
+
+/// Metric handles a worker updates, resolved once.
+struct WorkerMetrics {
+    batch_size: Histogram,
+    batch_tokens: Histogram,
+    queue_duration: Histogram,
+    inference_duration: Histogram,
+    decode_step: Histogram,
+    generated_hist: Histogram,
+    generated_total: prometheus::IntCounter,
+    running: IntGauge,
+    cancelled_client: prometheus::IntCounter,
+    cancelled_deadline: prometheus::IntCounter,
+}
+
+struct Worker {
+    n: usize,
+    model: String,
+    engine: Arc<Engine>,
+    done: mpsc::UnboundedSender<Command>,
+    m: WorkerMetrics,
+}
+
+/// Lets the engine drop dead sequences at step boundaries and times each step.
+struct Observer<'a> {
+    tickets: Vec<Arc<Ticket>>,
+    step: &'a Histogram,
+}
+
+impl StepObserver for Observer<'_> {
+    fn is_cancelled(&self, input: usize) -> bool {
+        self.tickets[input].dead(Instant::now()).is_some()
+    }
+
+    fn on_step(&self, _rows: usize, elapsed: Duration) {
+        self.step.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl Worker {
+    fn new(
+        n: usize,
+        model: &str,
+        engine: Arc<Engine>,
+        done: mpsc::UnboundedSender<Command>,
+        metrics: &Metrics,
+    ) -> Self {
+        let l = &[model];
+        let m = WorkerMetrics {
+            batch_size: metrics.batch_size.with_label_values(l),
+            batch_tokens: metrics.batch_tokens.with_label_values(l),
+            queue_duration: metrics.queue_duration.with_label_values(l),
+            inference_duration: metrics.inference_duration.with_label_values(l),
+            decode_step: metrics.decode_step_duration.with_label_values(l),
+            generated_hist: metrics.generated_tokens_hist.with_label_values(l),
+            generated_total: metrics.generated_tokens_total.with_label_values(l),
+            running: metrics.running_sequences.with_label_values(l),
+            cancelled_client: metrics
+                .sequences_cancelled
+                .with_label_values(&[model, CancelReason::Client.as_str()]),
+            cancelled_deadline: metrics
+                .sequences_cancelled
+                .with_label_values(&[model, CancelReason::Deadline.as_str()]),
+        };
+        Self {
+            n,
+            model: model.to_string(),
+            engine,
+            done,
+            m,
+        }
+    }
+
+    fn run(self, rx: std::sync::mpsc::Receiver<WorkerMsg>) {
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                WorkerMsg::Run(batch) => self.run_batch(batch),
+            }
+            if self.done.send(Command::WorkerIdle(self.n)).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn cancelled(&self, seq: Sequence, reason: CancelReason) {
+        match reason {
+            CancelReason::Client => self.m.cancelled_client.inc(),
+            CancelReason::Deadline => self.m.cancelled_deadline.inc(),
+        }
+        let _ = seq.reply.send(Err(SequenceError::Cancelled(reason)));
+    }
+
+    fn run_batch(&self, batch: Vec<Sequence>) {
+        let started = Instant::now();
+        let mut live = Vec::with_capacity(batch.len());
+        for seq in batch {
+            match seq.ticket.dead(started) {
+                Some(reason) => self.cancelled(seq, reason),
+                None => live.push(seq),
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        let n = live.len();
+        let cfg = live[0].cfg.clone();
+        let longest = live.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        self.m.batch_size.observe(n as f64);
+        self.m
+            .batch_tokens
+            .observe((longest * n * cfg.num_beams) as f64);
+        for s in &live {
+            self.m
+                .queue_duration
+                .observe(started.duration_since(s.enqueued).as_secs_f64());
+        }
+        self.m.running.add(n as i64);
+        let inputs: Vec<Vec<u32>> = live
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.ids))
+            .collect();
+        let observer = Observer {
+            tickets: live.iter().map(|s| s.ticket.clone()).collect(),
+            step: &self.m.decode_step,
+        };
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let outcomes = self.engine.generate_ids(&inputs, &cfg, &observer)?;
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Outcome::Finished(hyps) => self.engine.with_texts(hyps).map(Some),
+                    Outcome::Cancelled => Ok(None),
+                })
+                .collect::<anyhow::Result<Vec<Option<Vec<Generated>>>>>()
+        }));
+        let inference_time = started.elapsed();
+        self.m.running.sub(n as i64);
+        self.m
+            .inference_duration
+            .observe(inference_time.as_secs_f64());
+        let results = match result {
+            Ok(Ok(results)) if results.len() == n => results,
+            Ok(Ok(results)) => {
+                return self.fail(
+                    live,
+                    format!("engine returned {} outcomes for {n} inputs", results.len()),
+                )
+            }
+            Ok(Err(e)) => return self.fail(live, format!("generation failed: {e:#}")),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                return self.fail(live, format!("generation panicked: {msg}"));
+            }
+        };
+        let now = Instant::now();
+        for (seq, result) in live.into_iter().zip(results) {
+            match result {
+                Some(outputs) => {
+                    for g in &outputs {
+                        let generated = g.hypothesis.ids.len().saturating_sub(1);
+                        self.m.generated_hist.observe(generated as f64);
+                        self.m.generated_total.inc_by(generated as u64);
+                    }
+                    let finished = Finished {
+                        outputs,
+                        queue_time: started.duration_since(seq.enqueued),
+                        inference_time,
+                        batch_size: n,
+                    };
+                    let _ = seq.reply.send(Ok(finished));
+                }
+                None => {
+                    let reason = seq.ticket.dead(now).unwrap_or(CancelReason::Client);
+                    self.cancelled(seq, reason);
+                }
+            }
+        }
+    }
+
+    fn fail(&self, live: Vec<Sequence>, message: String) {
+        tracing::error!(model = %self.model, worker = self.n, %message, "batch failed");
+        for seq in live {
+            let _ = seq.reply.send(Err(SequenceError::Failed(message.clone())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(len: usize, cfg: &Arc<GenerationConfig>) -> Sequence {
+        Sequence {
+            ids: vec![1; len],
+            cfg: cfg.clone(),
+            ticket: Arc::new(Ticket::new(Instant::now() + Duration::from_secs(60))),
+            enqueued: Instant::now(),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn cfg(num_beams: usize) -> Arc<GenerationConfig> {
+        Arc::new(GenerationConfig {
+            decoder_start_token_id: 0,
+            eos_token_ids: vec![1],
+            pad_token_id: Some(0),
+            max_length: 10,
+            min_length: 0,
+            num_beams,
+            length_penalty: 1.0,
+            early_stopping: crate::generation::EarlyStopping::Bool(false),
+            no_repeat_ngram_size: 0,
+            repetition_penalty: 1.0,
+            num_return_sequences: 1,
+        })
+    }
+
+    #[test]
+    fn plan_groups_equal_configs_fifo_within_limits() {
+        let (a, b) = (cfg(1), cfg(2));
+        let limits = Batching {
+            max_batch_size: 3,
+            max_batch_tokens: 100,
+            max_wait_ms: 0,
+        };
+        let q: VecDeque<_> = [seq(5, &a), seq(5, &b), seq(5, &a), seq(5, &a), seq(5, &a)].into();
+        assert_eq!(plan(&q, &limits), (vec![0, 2, 3], true));
+        // Token budget: 20 × 2 rows = 40 fits, a third row (60) doesn't at 50.
+        let limits = Batching {
+            max_batch_tokens: 50,
+            ..limits
+        };
+        let q: VecDeque<_> = [seq(10, &a), seq(20, &a), seq(1, &a)].into();
+        assert_eq!(plan(&q, &limits), (vec![0, 1], true));
+        // Beams count: 2 beams × 10 tokens × 3 rows = 60 > 50.
+        let q: VecDeque<_> = [seq(10, &b), seq(10, &b), seq(10, &b)].into();
+        assert_eq!(plan(&q, &limits), (vec![0, 1], true));
+        // Not full: wait for company.
+        let q: VecDeque<_> = [seq(3, &a), seq(3, &b)].into();
+        assert_eq!(plan(&q, &limits), (vec![0], false));
+        // An oversized head still goes alone.
+        let q: VecDeque<_> = [seq(80, &a)].into();
+        assert_eq!(plan(&q, &limits), (vec![0], true));
+    }
+}

@@ -1,0 +1,354 @@
+//! The model pool: checkpoints loaded and warmed up, their effective defaults and
+//! limits, pre/post-processing, and task routing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::batcher::ModelQueue;
+use super::config::{parse_dtype, DeviceSpec, InputOverflow, Limits, ModelConfig, Task};
+use super::error::{ApiError, ErrorKind};
+use crate::checkpoint::config::Family;
+use crate::engine::{Engine, EngineOptions};
+use crate::generation::{GenerationConfig, GenerationOverrides, NoObserver, Outcome};
+use crate::tokenizer::InputError;
+
+/// A checkpoint loaded and warmed up, not yet serving.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    pub dir: PathBuf,
+    pub engine: Arc<Engine>,
+    /// The checkpoint's defaults with the config's `generation` applied.
+    pub defaults: GenerationConfig,
+    /// Truncation length: the smallest of the encoder's positions,
+    /// `limits.max_input_tokens` and `preprocess.max_input_tokens`.
+    pub max_input_tokens: usize,
+    /// Longest `max_length` the decoder's position table allows.
+    pub max_length: usize,
+    pub load_seconds: f64,
+}
+
+/// A model in the running server.
+pub struct Model {
+    pub loaded: LoadedModel,
+    pub queue: ModelQueue,
+}
+
+impl std::ops::Deref for Model {
+    type Target = LoadedModel;
+    fn deref(&self) -> &LoadedModel {
+        &self.loaded
+    }
+}
+
+pub fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::Bert => "bert",
+        Family::Roberta => "roberta",
+        Family::BertGeneration => "bert-generation",
+        Family::Gpt2 => "gpt2",
+    }
+}
+
+/// Resolves, loads and warms up model `index` of the config (blocking).
+pub fn load_model(index: usize, mc: &ModelConfig, limits: &Limits) -> Result<LoadedModel> {
+    let started = Instant::now();
+    let at = format!("models[{index}]");
+    let opts = crate::hub::HubOptions {
+        revision: mc.revision.clone(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let dir = crate::hub::resolve_model_dir(&mc.source, &opts)
+        .with_context(|| format!("{at}.source: cannot resolve `{}`", mc.source))?;
+    let device = DeviceSpec::parse(&mc.device)
+        .map_err(|e| anyhow::anyhow!("{at}.device: {e}"))?
+        .device()
+        .with_context(|| format!("{at}.device"))?;
+    let dtype = parse_dtype(&mc.dtype).with_context(|| format!("{at}.dtype"))?;
+    let engine = Engine::load(
+        &dir,
+        &EngineOptions {
+            device,
+            dtype,
+            decoder_tokenizer: mc.decoder_tokenizer.clone(),
+        },
+    )
+    .with_context(|| format!("{at}: loading {}", dir.display()))?;
+    let defaults = engine
+        .defaults()
+        .with_overrides(&mc.generation)
+        .map_err(|e| anyhow::anyhow!("{at}.generation: {e}"))?;
+    let max_length = engine.config().decoder.max_input_tokens();
+    check_limits(&defaults, limits, max_length)
+        .map_err(|e| anyhow::anyhow!("{at}.generation (or the checkpoint's defaults): {e}"))?;
+    let max_input_tokens = engine
+        .max_input_tokens()
+        .min(limits.max_input_tokens)
+        .min(mc.preprocess.max_input_tokens.unwrap_or(usize::MAX));
+    let model = LoadedModel {
+        config: mc.clone(),
+        dir,
+        engine: Arc::new(engine),
+        defaults,
+        max_input_tokens,
+        max_length,
+        load_seconds: 0.0,
+    };
+    model
+        .warm_up()
+        .with_context(|| format!("{at}: warm-up generation failed"))?;
+    Ok(LoadedModel {
+        load_seconds: started.elapsed().as_secs_f64(),
+        ..model
+    })
+}
+
+/// Whether resolved parameters are within the server's limits and the decoder's positions.
+pub fn check_limits(
+    cfg: &GenerationConfig,
+    limits: &Limits,
+    max_length: usize,
+) -> Result<(), String> {
+    let new_tokens = cfg.max_length.saturating_sub(1);
+    if new_tokens > limits.max_new_tokens {
+        return Err(format!(
+            "max_length {} (max_new_tokens {new_tokens}) exceeds the server limit of {} new tokens",
+            cfg.max_length, limits.max_new_tokens
+        ));
+    }
+    if cfg.max_length > max_length {
+        return Err(format!(
+            "max_length {} exceeds the decoder's {max_length} positions",
+            cfg.max_length
+        ));
+    }
+    if cfg.num_beams > limits.max_num_beams {
+        return Err(format!(
+            "num_beams {} exceeds the server limit of {}",
+            cfg.num_beams, limits.max_num_beams
+        ));
+    }
+    if cfg.num_return_sequences > limits.max_num_return_sequences {
+        return Err(format!(
+            "num_return_sequences {} exceeds the server limit of {}",
+            cfg.num_return_sequences, limits.max_num_return_sequences
+        ));
+    }
+    Ok(())
+}
+
+impl LoadedModel {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn serves(&self, task: Task) -> bool {
+        self.config.tasks.contains(&task)
+    }
+
+    /// One real forward pass (encoder and one decoder step) before serving.
+    fn warm_up(&self) -> Result<()> {
+        let text = self.config.preprocess.apply("Warm-up.");
+        let ids = self.engine.encode(&text, Some(self.max_input_tokens))?;
+        let cfg = self
+            .defaults
+            .with_overrides(&GenerationOverrides {
+                max_length: Some(2),
+                max_new_tokens: None,
+                min_length: Some(0),
+                num_beams: Some(1),
+                num_return_sequences: Some(1),
+                ..Default::default()
+            })
+            .map_err(anyhow::Error::msg)?;
+        match self
+            .engine
+            .generate_ids(&[ids], &cfg, &NoObserver)?
+            .as_slice()
+        {
+            [Outcome::Finished(h)] if !h.is_empty() => Ok(()),
+            other => anyhow::bail!("unexpected warm-up outcome {other:?}"),
+        }
+    }
+
+    /// Pre-processes and tokenizes one input (blocking; CPU work).
+    pub fn encode(
+        &self,
+        index: usize,
+        text: &str,
+        overflow: InputOverflow,
+    ) -> Result<Vec<u32>, ApiError> {
+        let text = self.config.preprocess.apply(text);
+        let input_err = |e: InputError| match e {
+            InputError::Empty => ApiError::new(
+                ErrorKind::EmptyInput,
+                format!("inputs[{index}] encodes to no tokens"),
+            ),
+            InputError::Tokenizer(msg) => {
+                ApiError::validation(format!("inputs[{index}] cannot be tokenized: {msg}"))
+            }
+        };
+        if overflow == InputOverflow::Reject {
+            let n = self
+                .engine
+                .tokenizers()
+                .count_tokens(&text)
+                .map_err(input_err)?;
+            if n > self.max_input_tokens {
+                return Err(ApiError::new(
+                    ErrorKind::InputTooLong,
+                    format!(
+                        "inputs[{index}] has {n} tokens; model `{}` takes at most {}",
+                        self.name(),
+                        self.max_input_tokens
+                    ),
+                ));
+            }
+        }
+        self.engine
+            .encode(&text, Some(self.max_input_tokens))
+            .map_err(input_err)
+    }
+}
+
+/// The models of a server, in config order.
+pub struct Pool {
+    pub models: Vec<Arc<Model>>,
+}
+
+impl Pool {
+    fn names(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn by_name(&self, name: &str) -> Result<&Arc<Model>, ApiError> {
+        self.models
+            .iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::UnknownModel,
+                    format!("unknown model `{name}` (available: {})", self.names()),
+                )
+            })
+    }
+
+    /// `/generate`: the named model, or the first one.
+    pub fn any(&self, name: Option<&str>) -> Result<&Arc<Model>, ApiError> {
+        match name {
+            Some(n) => self.by_name(n),
+            None => self
+                .models
+                .first()
+                .ok_or_else(|| ApiError::internal("no model loaded")),
+        }
+    }
+
+    /// A task endpoint: the named model if it serves `task`, else the first that does.
+    pub fn for_task(&self, task: Task, name: Option<&str>) -> Result<&Arc<Model>, ApiError> {
+        if let Some(n) = name {
+            let m = self.by_name(n)?;
+            if !m.serves(task) {
+                return Err(ApiError::new(
+                    ErrorKind::UnknownTask,
+                    format!(
+                        "model `{n}` does not serve {} (it serves: {})",
+                        task.as_str(),
+                        m.config
+                            .tasks
+                            .iter()
+                            .map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            return Ok(m);
+        }
+        self.models.iter().find(|m| m.serves(task)).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::UnknownTask,
+                format!("no model serves {}", task.as_str()),
+            )
+        })
+    }
+
+    /// `/translate`: the model for `source`→`target` (a model without a configured pair
+    /// takes any pair), or the named one.
+    pub fn for_translation(
+        &self,
+        name: Option<&str>,
+        source: Option<&str>,
+        target: Option<&str>,
+    ) -> Result<&Arc<Model>, ApiError> {
+        let pair = match (source, target) {
+            (Some(s), Some(t)) => Some((s.trim(), t.trim())),
+            (None, None) => None,
+            _ => {
+                return Err(ApiError::validation(
+                    "give both source_lang and target_lang, or neither",
+                ))
+            }
+        };
+        let matches = |m: &Model| match (&m.config.translation, pair) {
+            (Some(p), Some((s, t))) => {
+                p.source.eq_ignore_ascii_case(s) && p.target.eq_ignore_ascii_case(t)
+            }
+            _ => true,
+        };
+        if let Some(n) = name {
+            let m = self.for_task(Task::Translate, Some(n))?;
+            if !matches(m) {
+                let p = m
+                    .config
+                    .translation
+                    .as_ref()
+                    .expect("a pair that did not match");
+                return Err(ApiError::new(
+                    ErrorKind::UnknownTask,
+                    format!(
+                        "model `{n}` translates {}→{}, not {}→{}",
+                        p.source,
+                        p.target,
+                        source.unwrap_or_default(),
+                        target.unwrap_or_default()
+                    ),
+                ));
+            }
+            return Ok(m);
+        }
+        let translators = || self.models.iter().filter(|m| m.serves(Task::Translate));
+        // An exact pair first, then a model that takes any pair.
+        translators()
+            .find(|m| m.config.translation.is_some() && matches(m))
+            .or_else(|| translators().find(|m| matches(m)))
+            .ok_or_else(|| {
+                let served: Vec<String> = translators()
+                    .map(|m| match &m.config.translation {
+                        Some(p) => format!("{}→{}", p.source, p.target),
+                        None => "any pair".into(),
+                    })
+                    .collect();
+                let wanted = pair
+                    .map(|(s, t)| format!("{s}→{t}"))
+                    .unwrap_or_else(|| "anything".into());
+                ApiError::new(
+                    ErrorKind::UnknownTask,
+                    if served.is_empty() {
+                        "no model serves translate".to_string()
+                    } else {
+                        format!(
+                            "no model translates {wanted} (available: {})",
+                            served.join(", ")
+                        )
+                    },
+                )
+            })
+    }
+}
