@@ -183,7 +183,9 @@ def serve_throughput(text, clients, requests_per_client, beams, new_tokens, port
 
 def start_server(port, max_batch):
     proc = subprocess.Popen([ENCDEC, "serve", "--model", MODEL, "--port", str(port),
-                             "--max-batch-size", str(max_batch)],
+                             "--set", f"batching.max_batch_size={max_batch}",
+                             "--set", "batching.max_batch_tokens=1000000",
+                             "--set", "limits.request_deadline_ms=3600000"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:
