@@ -155,6 +155,12 @@ mod avx2 {
             let mut a1 = [_mm256_setzero_ps(); 4];
             let mut i = 0;
             while i < vec_k {
+                if r == 0 && i % 16 == 0 {
+                    // Two pairs of weight rows ahead (4k floats on): fetch them while
+                    // this pair computes (one cache line per 16 floats).
+                    _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(i + 4 * k) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(i + 4 * k) as *const i8);
+                }
                 let v0 = _mm256_loadu_ps(p0.add(i));
                 let v1 = _mm256_loadu_ps(p1.add(i));
                 for g in 0..group {
