@@ -15,5 +15,6 @@ pub mod generation;
 pub mod hub;
 pub mod model;
 pub mod server;
+pub mod task;
 pub mod tokenizer;
 pub mod warmstart;

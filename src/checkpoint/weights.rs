@@ -76,7 +76,12 @@ impl SafetensorsFiles {
             .with_context(|| format!("tensor `{name}` vanished"))?;
         let mut bytes = vec![0u8; (e.end - e.start) as usize];
         self.files[e.file].read_exact_at(&mut bytes, e.start)?;
-        Ok(Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &Device::Cpu)?)
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            e.dtype,
+            &e.shape,
+            &Device::Cpu,
+        )?)
     }
 }
 

@@ -9,8 +9,7 @@
 //! - `fuse`: SARI and exact match (0-100).
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
-use std::str::FromStr;
+use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -23,47 +22,7 @@ use super::EvalError;
 use crate::engine::Engine;
 use crate::generation::GenerationConfig;
 
-/// What the checkpoint does, and therefore how it is scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Summarize,
-    Translate,
-    Split,
-    Fuse,
-}
-
-impl Task {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Summarize => "summarize",
-            Self::Translate => "translate",
-            Self::Split => "split",
-            Self::Fuse => "fuse",
-        }
-    }
-}
-
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "summarize" => Ok(Self::Summarize),
-            "translate" => Ok(Self::Translate),
-            "split" => Ok(Self::Split),
-            "fuse" => Ok(Self::Fuse),
-            other => Err(format!(
-                "unknown task `{other}` (use summarize, translate, split or fuse)"
-            )),
-        }
-    }
-}
+pub use crate::task::Task;
 
 /// Scoring options (ROUGE only).
 #[derive(Debug, Clone, Copy)]

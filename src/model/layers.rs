@@ -1,9 +1,10 @@
 //! Building blocks shared by the BERT and GPT-2 families: activations, scaled
 //! dot-product attention, head splitting, and Conv1D-as-Linear loading.
 
-use candle_core::{DType, Module, Result, Storage, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
+use super::cpu::with_slice;
 use super::{skinny, small_attention};
 use crate::checkpoint::config::Activation;
 
@@ -45,18 +46,14 @@ impl Linear {
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let n = self.weight.dim(0)?;
         let mut out = vec![0f32; rows * n];
-        let (w_storage, w_layout) = self.weight.storage_and_layout();
-        let Storage::Cpu(w_cpu) = &*w_storage else {
-            candle_core::bail!("streaming matmul needs CPU weights")
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
         };
-        let w = &w_cpu.as_slice::<f32>()?[w_layout.start_offset()..][..n * k];
-        match &self.bias {
-            Some(b) => {
-                let b = b.to_vec1::<f32>()?;
-                skinny::matmul_xwt(&xs, w, Some(&b), k, &mut out);
-            }
-            None => skinny::matmul_xwt(&xs, w, None, k, &mut out),
-        }
+        with_slice(&self.weight, |w| {
+            skinny::matmul_xwt(&xs, w, bias.as_deref(), k, &mut out);
+            Ok(())
+        })?;
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("rank ≥ 1") = n;
         Tensor::from_vec(out, dims, x.device())

@@ -7,6 +7,7 @@
 //! token, growing the self-attention cache.
 
 pub mod bert;
+pub mod cpu;
 pub mod gpt2;
 pub mod layers;
 pub mod skinny;

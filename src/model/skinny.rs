@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use super::cpu::dot;
+
 /// Rows up to which the streaming kernel beats the general GEMM.
 pub const MAX_ROWS: usize = 16;
 
@@ -71,22 +73,6 @@ fn dot_weight_rows(x: &[f32], w: &[f32], j: usize, k: usize, dots: &mut [f32]) {
         let (wi, r) = (j + i / rows, i % rows);
         *d = dot(&x[r * k..(r + 1) * k], &w[wi * k..(wi + 1) * k]);
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorise without reassociating by itself.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
 }
 
 #[cfg(target_arch = "x86_64")]

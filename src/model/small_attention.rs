@@ -3,7 +3,9 @@
 //! of tiny products across threads; here every (input, head) pair is one task that
 //! computes its scores, softmax and weighted sum of values in place.
 
-use candle_core::{DType, Result, Storage, Tensor};
+use candle_core::{DType, Result, Tensor};
+
+use super::cpu::{dot, with_slice};
 use rayon::prelude::*;
 
 /// Query rows up to which this kernel is used instead of batched GEMM.
@@ -15,16 +17,6 @@ pub fn eligible(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
             .iter()
             .all(|t| t.dtype() == DType::F32 && t.is_contiguous() && t.rank() == 4)
         && q.dims()[2] <= MAX_QUERY_ROWS
-}
-
-/// Borrowed f32 data of a contiguous CPU tensor.
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("small attention needs CPU tensors")
-    };
-    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..][..t.elem_count()];
-    f(data)
 }
 
 /// softmax(q kᵀ·scale + mask) v. `q`: `[b, h, lq, d]`, `k`/`v`: `[b, h, lk, d]`,
@@ -117,21 +109,6 @@ fn attend_row(
             *o += w * x;
         }
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
 }
 
 #[cfg(test)]

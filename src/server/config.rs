@@ -139,38 +139,7 @@ impl Default for Batching {
     }
 }
 
-/// A task endpoint a model can serve (`/generate` serves every model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Summarize,
-    Translate,
-    Split,
-    Fuse,
-}
-
-impl Task {
-    pub const ALL: [Task; 4] = [Task::Summarize, Task::Translate, Task::Split, Task::Fuse];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::Summarize => "summarize",
-            Task::Translate => "translate",
-            Task::Split => "split",
-            Task::Fuse => "fuse",
-        }
-    }
-}
-
-impl std::str::FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Task::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown task `{s}` (summarize, translate, split, fuse)"))
-    }
-}
+pub use crate::task::Task;
 
 /// The language pair a translation model serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
