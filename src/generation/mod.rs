@@ -13,6 +13,7 @@ pub mod processors;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use rayon::prelude::*;
 
 use crate::model::EncoderDecoderModel;
 use beam::BeamSearch;
@@ -103,19 +104,23 @@ pub fn generate(
         let mut logits = logits.flatten_all()?.to_vec1::<f32>()?;
         observer.on_step(tokens.len(), started.elapsed());
 
-        // Advance every search; collect the cache rows the survivors continue from.
+        // Advance every search (in parallel: inputs are independent, and the work over
+        // the vocabulary is per row), then collect the cache rows the survivors continue
+        // from.
+        let width = rows_per_input * vocab;
+        let steps: Vec<(Vec<usize>, bool)> = live
+            .par_iter_mut()
+            .zip(logits.par_chunks_mut(width))
+            .map(|((_, search), chunk)| match search {
+                Search::Greedy(s) => (vec![0], s.step(chunk, cfg)),
+                Search::Beam(s) => s.step(chunk, vocab, cfg),
+            })
+            .collect();
         let mut keep_rows: Vec<u32> = Vec::with_capacity(tokens.len());
         let mut keep_inputs: Vec<u32> = Vec::with_capacity(live.len());
         let mut still_live = Vec::with_capacity(live.len());
-        let width = rows_per_input * vocab;
-        for (pos, ((input, mut search), chunk)) in
-            live.into_iter().zip(logits.chunks_mut(width)).enumerate()
-        {
+        for (pos, ((input, search), (parents, done))) in live.into_iter().zip(steps).enumerate() {
             let first_row = pos * rows_per_input;
-            let (parents, done) = match &mut search {
-                Search::Greedy(s) => (vec![0], s.step(chunk, cfg)),
-                Search::Beam(s) => s.step(chunk, vocab, cfg),
-            };
             if done {
                 outcomes[input] = Some(Outcome::Finished(match search {
                     Search::Greedy(s) => s.finish(),
