@@ -20,6 +20,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 # Dependencies only: this layer stays cached until Cargo.toml / Cargo.lock change.
+# Same target features (.cargo/config.toml) for dependencies and the binary, or the
+# final build would recompile every dependency.
+COPY .cargo .cargo
 RUN cargo chef cook --release --recipe-path recipe.json --bin encdec
 COPY . .
 RUN cargo build --release --locked --bin encdec \
