@@ -48,6 +48,9 @@ pub trait StepObserver {
     }
     /// Called after every decoder step with the number of rows it ran.
     fn on_step(&self, _rows: usize, _elapsed: Duration) {}
+    /// Called as soon as an input finishes, while the rest of the batch goes on: a server
+    /// can answer that request without waiting for the batch's longest sequence.
+    fn on_finished(&self, _input: usize, _hypotheses: &[Hypothesis]) {}
 }
 
 /// Observes nothing, cancels nothing.
@@ -122,10 +125,12 @@ pub fn generate(
         for (pos, ((input, search), (parents, done))) in live.into_iter().zip(steps).enumerate() {
             let first_row = pos * rows_per_input;
             if done {
-                outcomes[input] = Some(Outcome::Finished(match search {
+                let hypotheses = match search {
                     Search::Greedy(s) => s.finish(),
                     Search::Beam(s) => s.finish(cfg.num_return_sequences),
-                }));
+                };
+                observer.on_finished(input, &hypotheses);
+                outcomes[input] = Some(Outcome::Finished(hypotheses));
             } else if observer.is_cancelled(input) {
                 outcomes[input] = Some(Outcome::Cancelled);
             } else {

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::config::Batching;
 use super::metrics::Metrics;
 use crate::engine::{Engine, Generated};
-use crate::generation::{GenerationConfig, Outcome, StepObserver};
+use crate::generation::{GenerationConfig, Hypothesis, StepObserver};
 
 /// Request-level state shared by its sequences, the handler and the worker.
 #[derive(Debug)]
@@ -389,10 +389,25 @@ struct Worker {
     m: WorkerMetrics,
 }
 
-/// Lets the engine drop dead sequences at step boundaries and times each step.
+/// Lets the engine drop dead sequences at step boundaries, times each step, and answers
+/// each request as soon as its own sequence finishes.
 struct Observer<'a> {
+    worker: &'a Worker,
     tickets: Vec<Arc<Ticket>>,
-    step: &'a Histogram,
+    enqueued: Vec<Instant>,
+    /// Taken when the reply is sent; what is left after generation had no answer yet.
+    replies: Vec<std::sync::Mutex<Option<oneshot::Sender<SequenceResult>>>>,
+    started: Instant,
+    batch_size: usize,
+}
+
+impl Observer<'_> {
+    fn take_reply(&self, input: usize) -> Option<oneshot::Sender<SequenceResult>> {
+        self.replies[input]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
 }
 
 impl StepObserver for Observer<'_> {
@@ -401,7 +416,30 @@ impl StepObserver for Observer<'_> {
     }
 
     fn on_step(&self, _rows: usize, elapsed: Duration) {
-        self.step.observe(elapsed.as_secs_f64());
+        self.worker.m.decode_step.observe(elapsed.as_secs_f64());
+    }
+
+    fn on_finished(&self, input: usize, hypotheses: &[Hypothesis]) {
+        let Some(reply) = self.take_reply(input) else {
+            return;
+        };
+        let result = match self.worker.engine.with_texts(hypotheses.to_vec()) {
+            Ok(outputs) => {
+                for g in &outputs {
+                    let generated = g.hypothesis.ids.len().saturating_sub(1);
+                    self.worker.m.generated_hist.observe(generated as f64);
+                    self.worker.m.generated_total.inc_by(generated as u64);
+                }
+                Ok(Finished {
+                    outputs,
+                    queue_time: self.started.duration_since(self.enqueued[input]),
+                    inference_time: self.started.elapsed(),
+                    batch_size: self.batch_size,
+                })
+            }
+            Err(e) => Err(SequenceError::Failed(format!("decoding failed: {e:#}"))),
+        };
+        let _ = reply.send(result);
     }
 }
 
@@ -451,11 +489,15 @@ impl Worker {
     }
 
     fn cancelled(&self, seq: Sequence, reason: CancelReason) {
+        self.cancelled_reply(seq.reply, reason);
+    }
+
+    fn cancelled_reply(&self, reply: oneshot::Sender<SequenceResult>, reason: CancelReason) {
         match reason {
             CancelReason::Client => self.m.cancelled_client.inc(),
             CancelReason::Deadline => self.m.cancelled_deadline.inc(),
         }
-        let _ = seq.reply.send(Err(SequenceError::Cancelled(reason)));
+        let _ = reply.send(Err(SequenceError::Cancelled(reason)));
     }
 
     fn run_batch(&self, batch: Vec<Sequence>) {
@@ -487,72 +529,64 @@ impl Worker {
             .iter_mut()
             .map(|s| std::mem::take(&mut s.ids))
             .collect();
+        let mut tickets = Vec::with_capacity(n);
+        let mut enqueued = Vec::with_capacity(n);
+        let mut replies = Vec::with_capacity(n);
+        for seq in live {
+            tickets.push(seq.ticket);
+            enqueued.push(seq.enqueued);
+            replies.push(std::sync::Mutex::new(Some(seq.reply)));
+        }
         let observer = Observer {
-            tickets: live.iter().map(|s| s.ticket.clone()).collect(),
-            step: &self.m.decode_step,
+            worker: self,
+            tickets,
+            enqueued,
+            replies,
+            started,
+            batch_size: n,
         };
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let outcomes = self.engine.generate_ids(&inputs, &cfg, &observer)?;
-            outcomes
-                .into_iter()
-                .map(|o| match o {
-                    Outcome::Finished(hyps) => self.engine.with_texts(hyps).map(Some),
-                    Outcome::Cancelled => Ok(None),
-                })
-                .collect::<anyhow::Result<Vec<Option<Vec<Generated>>>>>()
+            self.engine.generate_ids(&inputs, &cfg, &observer)
         }));
-        let inference_time = started.elapsed();
         self.m.running.sub(n as i64);
         self.m
             .inference_duration
-            .observe(inference_time.as_secs_f64());
-        let results = match result {
-            Ok(Ok(results)) if results.len() == n => results,
-            Ok(Ok(results)) => {
-                return self.fail(
-                    live,
-                    format!("engine returned {} outcomes for {n} inputs", results.len()),
-                )
-            }
-            Ok(Err(e)) => return self.fail(live, format!("generation failed: {e:#}")),
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match result {
+            Ok(Ok(outcomes)) if outcomes.len() == n => None,
+            Ok(Ok(outcomes)) => Some(format!(
+                "engine returned {} outcomes for {n} inputs",
+                outcomes.len()
+            )),
+            Ok(Err(e)) => Some(format!("generation failed: {e:#}")),
             Err(panic) => {
                 let msg = panic
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown panic".into());
-                return self.fail(live, format!("generation panicked: {msg}"));
+                Some(format!("generation panicked: {msg}"))
             }
         };
+        if let Some(message) = &failure {
+            tracing::error!(model = %self.model, worker = self.n, %message, "batch failed");
+        }
+        // Finished inputs were answered by `on_finished`; the rest were cancelled, or the
+        // batch failed.
         let now = Instant::now();
-        for (seq, result) in live.into_iter().zip(results) {
-            match result {
-                Some(outputs) => {
-                    for g in &outputs {
-                        let generated = g.hypothesis.ids.len().saturating_sub(1);
-                        self.m.generated_hist.observe(generated as f64);
-                        self.m.generated_total.inc_by(generated as u64);
-                    }
-                    let finished = Finished {
-                        outputs,
-                        queue_time: started.duration_since(seq.enqueued),
-                        inference_time,
-                        batch_size: n,
-                    };
-                    let _ = seq.reply.send(Ok(finished));
+        for (input, ticket) in observer.tickets.iter().enumerate() {
+            let Some(reply) = observer.take_reply(input) else {
+                continue;
+            };
+            match &failure {
+                Some(message) => {
+                    let _ = reply.send(Err(SequenceError::Failed(message.clone())));
                 }
                 None => {
-                    let reason = seq.ticket.dead(now).unwrap_or(CancelReason::Client);
-                    self.cancelled(seq, reason);
+                    let reason = ticket.dead(now).unwrap_or(CancelReason::Client);
+                    self.cancelled_reply(reply, reason);
                 }
             }
-        }
-    }
-
-    fn fail(&self, live: Vec<Sequence>, message: String) {
-        tracing::error!(model = %self.model, worker = self.n, %message, "batch failed");
-        for seq in live {
-            let _ = seq.reply.send(Err(SequenceError::Failed(message.clone())));
         }
     }
 }
