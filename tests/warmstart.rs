@@ -75,16 +75,7 @@ fn write_json(path: &Path, v: &Value) {
     std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
 }
 
-const TOKENIZER_FILES: [&str; 8] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-];
+use encdec::hub::TOKENIZER_FILES;
 
 fn copy_tokenizer(from: &Path, to: &Path) {
     for f in TOKENIZER_FILES {

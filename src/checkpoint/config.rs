@@ -16,7 +16,7 @@ pub enum Family {
 }
 
 impl Family {
-    fn from_model_type(model_type: &str) -> Result<Self> {
+    pub fn from_model_type(model_type: &str) -> Result<Self> {
         Ok(match model_type {
             "bert" => Family::Bert,
             "roberta" => Family::Roberta,

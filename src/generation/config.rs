@@ -69,26 +69,34 @@ pub struct GenerationConfig {
     pub num_return_sequences: usize,
 }
 
-/// Per-call overrides; every field optional, unknown fields rejected.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Generation parameters, each overriding the model's default (per request, per model
+/// config, or per command); every field optional, unknown fields rejected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerationOverrides {
+    /// Longest output, counting the decoder start token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
+    /// Most generated tokens (wins over `max_length`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
+    /// EOS is banned below this length (counting the start token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_length: Option<usize>,
+    /// 1: greedy search.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub num_beams: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub length_penalty: Option<f32>,
+    /// `true`, `false` or `"never"`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub early_stopping: Option<EarlyStopping>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_repeat_ngram_size: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f32>,
+    /// Hypotheses returned per input (at most `num_beams`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub num_return_sequences: Option<usize>,
 }

@@ -322,10 +322,6 @@ impl BertDecoder {
         self.blocks.len()
     }
 
-    pub fn config(&self) -> &StackConfig {
-        &self.cfg
-    }
-
     /// Cross-attention K/V of every layer for encoder states `[inputs, src_len, d]`.
     pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
         self.blocks

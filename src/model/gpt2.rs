@@ -131,10 +131,6 @@ impl Gpt2Decoder {
         self.blocks.len()
     }
 
-    pub fn config(&self) -> &StackConfig {
-        &self.cfg
-    }
-
     pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
         self.blocks.iter().map(|b| b.cross_kv(enc)).collect()
     }

@@ -30,6 +30,35 @@ enum Decoder {
     Gpt2(Gpt2Decoder),
 }
 
+impl Decoder {
+    fn num_layers(&self) -> usize {
+        match self {
+            Decoder::Bert(d) => d.num_layers(),
+            Decoder::Gpt2(d) => d.num_layers(),
+        }
+    }
+
+    fn cross_kv(&self, enc: &Tensor) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        match self {
+            Decoder::Bert(d) => d.cross_kv(enc),
+            Decoder::Gpt2(d) => d.cross_kv(enc),
+        }
+    }
+
+    fn step(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        caches: &mut [KvCache],
+        enc: &EncoderState,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Decoder::Bert(d) => d.step(tokens, positions, caches, &enc.cross_kv, &enc.mask),
+            Decoder::Gpt2(d) => d.step(tokens, positions, caches, &enc.cross_kv, &enc.mask),
+        }
+    }
+}
+
 pub struct EncoderDecoderModel {
     config: EncoderDecoderConfig,
     encoder: BertEncoder,
@@ -156,18 +185,12 @@ impl EncoderDecoderModel {
         if let Some(proj) = &self.enc_to_dec_proj {
             enc = proj.forward(&enc)?;
         }
-        let cross_kv = match &self.decoder {
-            Decoder::Bert(d) => d.cross_kv(&enc)?,
-            Decoder::Gpt2(d) => d.cross_kv(&enc)?,
-        };
+        let cross_kv = self.decoder.cross_kv(&enc)?;
         Ok(EncoderState { cross_kv, mask })
     }
 
     pub fn new_decoder_state(&self) -> DecoderState {
-        let layers = match &self.decoder {
-            Decoder::Bert(d) => d.num_layers(),
-            Decoder::Gpt2(d) => d.num_layers(),
-        };
+        let layers = self.decoder.num_layers();
         DecoderState {
             caches: vec![KvCache::default(); layers],
             past: 0,
@@ -190,22 +213,9 @@ impl EncoderDecoderModel {
             .collect();
         let tokens = Tensor::from_slice(tokens, (rows, 1), &self.device)?;
         let positions = Tensor::from_vec(positions, (rows, 1), &self.device)?;
-        let logits = match &self.decoder {
-            Decoder::Bert(d) => d.step(
-                &tokens,
-                &positions,
-                &mut state.caches,
-                &enc.cross_kv,
-                &enc.mask,
-            )?,
-            Decoder::Gpt2(d) => d.step(
-                &tokens,
-                &positions,
-                &mut state.caches,
-                &enc.cross_kv,
-                &enc.mask,
-            )?,
-        };
+        let logits = self
+            .decoder
+            .step(&tokens, &positions, &mut state.caches, enc)?;
         state.past += 1;
         Ok(logits.to_dtype(DType::F32)?)
     }

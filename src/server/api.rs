@@ -22,7 +22,7 @@ use super::config::{Batching, LanguagePair, Limits, Postprocess, Preprocess, Tas
 use super::error::{ApiError, ErrorBody, ErrorKind};
 use super::pool::{check_limits, family_name, Model};
 use super::AppState;
-use crate::generation::{EarlyStopping, GenerationOverrides};
+use crate::generation::GenerationOverrides;
 
 /// One text or several.
 #[derive(Debug, ToSchema)]
@@ -70,51 +70,13 @@ impl Inputs {
     }
 }
 
-/// Generation parameters; each overrides the model's default.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Parameters {
-    /// Longest output, counting the decoder start token.
-    pub max_length: Option<usize>,
-    /// Most generated tokens (wins over `max_length`).
-    pub max_new_tokens: Option<usize>,
-    /// EOS is banned below this length (counting the start token).
-    pub min_length: Option<usize>,
-    /// 1: greedy search.
-    pub num_beams: Option<usize>,
-    pub length_penalty: Option<f32>,
-    /// `true`, `false` or `"never"`.
-    #[schema(value_type = Option<serde_json::Value>)]
-    pub early_stopping: Option<EarlyStopping>,
-    pub no_repeat_ngram_size: Option<usize>,
-    pub repetition_penalty: Option<f32>,
-    /// Hypotheses returned per input (at most `num_beams`).
-    pub num_return_sequences: Option<usize>,
-}
-
-impl From<Parameters> for GenerationOverrides {
-    fn from(p: Parameters) -> Self {
-        GenerationOverrides {
-            max_length: p.max_length,
-            max_new_tokens: p.max_new_tokens,
-            min_length: p.min_length,
-            num_beams: p.num_beams,
-            length_penalty: p.length_penalty,
-            early_stopping: p.early_stopping,
-            no_repeat_ngram_size: p.no_repeat_ngram_size,
-            repetition_penalty: p.repetition_penalty,
-            num_return_sequences: p.num_return_sequences,
-        }
-    }
-}
-
 /// `/summarize`, `/split`, `/fuse`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     pub inputs: Inputs,
     #[serde(default)]
-    pub parameters: Parameters,
+    pub parameters: GenerationOverrides,
     /// A model serving this task; default the first one.
     #[serde(default)]
     pub model: Option<String>,
@@ -125,7 +87,7 @@ pub struct TaskRequest {
 pub struct TranslateRequest {
     pub inputs: Inputs,
     #[serde(default)]
-    pub parameters: Parameters,
+    pub parameters: GenerationOverrides,
     #[serde(default)]
     pub model: Option<String>,
     /// e.g. `en`; routes to the model serving the pair.
@@ -141,7 +103,7 @@ pub struct TranslateRequest {
 pub struct GenerateRequest {
     pub inputs: Inputs,
     #[serde(default)]
-    pub parameters: Parameters,
+    pub parameters: GenerationOverrides,
     /// Any model by name; default the first one.
     #[serde(default)]
     pub model: Option<String>,
@@ -243,7 +205,7 @@ pub struct Info {
         TaskRequest,
         TranslateRequest,
         GenerateRequest,
-        Parameters,
+        GenerationOverrides,
         Inputs,
         GenerationResponse,
         Output,
@@ -516,7 +478,7 @@ async fn run(
     state: &Arc<AppState>,
     model: &Arc<Model>,
     inputs: Inputs,
-    params: Parameters,
+    params: GenerationOverrides,
     details: bool,
     started: Instant,
 ) -> Result<GenerationResponse, ApiError> {
@@ -547,7 +509,7 @@ async fn run(
     }
     let cfg = model
         .defaults
-        .with_overrides(&params.into())
+        .with_overrides(&params)
         .map_err(|e| ApiError::validation(format!("parameters: {e}")))?;
     check_limits(&cfg, limits, model.max_length)
         .map_err(|e| ApiError::validation(format!("parameters: {e}")))?;

@@ -135,6 +135,24 @@ impl Tokenizers {
     }
 }
 
+/// `tokenizer_config.json`, then `special_tokens_map.json` (those present in `dir`): the
+/// files transformers reads special tokens from, later ones overriding earlier ones.
+pub fn special_token_configs(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for file in ["tokenizer_config.json", "special_tokens_map.json"] {
+        let path = dir.join(file);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        out.push(
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+        );
+    }
+    Ok(out)
+}
+
 fn truncation(max_length: usize) -> TruncationParams {
     TruncationParams {
         max_length,
@@ -165,15 +183,7 @@ fn special_ids(dir: &Path, tok: &Tokenizer) -> Result<HashSet<u32>> {
         }
     };
     let mut ids = HashSet::new();
-    for file in ["tokenizer_config.json", "special_tokens_map.json"] {
-        let path = dir.join(file);
-        if !path.is_file() {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    for v in special_token_configs(dir)? {
         let mut tokens: Vec<String> = NAMED
             .iter()
             .filter_map(|k| v.get(*k).and_then(content))

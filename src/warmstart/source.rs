@@ -272,7 +272,8 @@ impl Checkpoint {
             .get("model_type")
             .and_then(Value::as_str)
             .with_context(|| format!("{} has no `model_type`", cfg_path.display()))?;
-        let family = parse_model_type(mt).with_context(|| format!("in {}", cfg_path.display()))?;
+        let family =
+            Family::from_model_type(mt).with_context(|| format!("in {}", cfg_path.display()))?;
 
         let paths = find_weight_files(dir)?;
         let is_pickle = paths[0].extension().is_some_and(|e| e == "bin");
@@ -369,18 +370,6 @@ impl Checkpoint {
             None => format!("{}, {base}", model_type(self.family)),
         }
     }
-}
-
-pub fn parse_model_type(mt: &str) -> Result<Family> {
-    Ok(match mt {
-        "bert" => Family::Bert,
-        "roberta" => Family::Roberta,
-        "bert-generation" => Family::BertGeneration,
-        "gpt2" => Family::Gpt2,
-        other => bail!(
-            "unsupported model_type `{other}` (supported: bert, roberta, bert-generation, gpt2)"
-        ),
-    })
 }
 
 /// Tensors a checkpoint may carry that are buffers or tied aliases, not parameters:

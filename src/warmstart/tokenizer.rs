@@ -75,15 +75,7 @@ impl TokInfo {
                 let tok = crate::tokenizer::load_tokenizer(dir)
                     .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
                 // special_tokens_map.json overrides tokenizer_config.json.
-                for file in ["tokenizer_config.json", "special_tokens_map.json"] {
-                    let path = dir.join(file);
-                    if !path.is_file() {
-                        continue;
-                    }
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let v: Value = serde_json::from_str(&text)
-                        .with_context(|| format!("parsing {}", path.display()))?;
+                for v in crate::tokenizer::special_token_configs(dir)? {
                     for key in NAMED {
                         if let Some(c) = v.get(key).and_then(content) {
                             named.insert(key.to_string(), c);
