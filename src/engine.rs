@@ -75,6 +75,12 @@ impl Engine {
         })
     }
 
+    /// The loaded network, for callers that drive encode/decode steps themselves
+    /// (benchmarks, custom searches).
+    pub fn model(&self) -> &EncoderDecoderModel {
+        &self.model
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

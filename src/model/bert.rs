@@ -250,7 +250,7 @@ impl LmHead {
                         cfg.activation,
                         layer_norm(d, cfg.layer_norm_eps, t.pp("LayerNorm"))?,
                     )),
-                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?)),
+                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?))?,
                 })
             }
             Family::Roberta => {
@@ -262,14 +262,14 @@ impl LmHead {
                         Activation::Gelu,
                         layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm"))?,
                     )),
-                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?)),
+                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?))?,
                 })
             }
             Family::BertGeneration => {
                 let vb = vb.pp("lm_head");
                 Ok(Self {
                     transform: None,
-                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?)),
+                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?))?,
                 })
             }
             Family::Gpt2 => unreachable!("GPT-2 has its own decoder"),

@@ -116,7 +116,7 @@ impl Gpt2Decoder {
                 wte.embeddings().clone()
             },
             None,
-        );
+        )?;
         Ok(Self {
             cfg: cfg.clone(),
             wte,

@@ -1,11 +1,14 @@
 //! Building blocks shared by the BERT and GPT-2 families: activations, scaled
 //! dot-product attention, head splitting, and Conv1D-as-Linear loading.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::cpu::with_slice;
-use super::{skinny, small_attention};
+use super::packed::PackedWeight;
+use super::small_attention;
 use crate::checkpoint::config::Activation;
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -18,45 +21,52 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 }
 
 /// `y = x Wᵀ + b` with W stored `[out, in]` as transformers stores `nn.Linear`.
-/// Few-row inputs (decode steps) take the weight-streaming kernel; the rest candle's GEMM.
+/// On the CPU in f32 the weight is packed into panels once, at load time
+/// (`packed.rs`); other devices and dtypes use candle's matmul.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
+#[derive(Debug, Clone)]
+enum Weight {
+    Packed {
+        packed: Arc<PackedWeight>,
+        /// The bias as a plain vector, for the packed kernel.
+        bias: Option<Arc<[f32]>>,
+    },
+    Dense(Tensor),
+}
+
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
-    }
-
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
-    fn streaming_eligible(&self, x: &Tensor, rows: usize) -> bool {
-        rows <= skinny::MAX_ROWS
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && self.weight.is_contiguous()
-    }
-
-    fn forward_streaming(&self, x: &Tensor, rows: usize, k: usize) -> Result<Tensor> {
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let n = self.weight.dim(0)?;
-        let mut out = vec![0f32; rows * n];
-        let bias = match &self.bias {
-            Some(b) => Some(b.to_vec1::<f32>()?),
-            None => None,
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let packable = weight.device().is_cpu()
+            && weight.dtype() == DType::F32
+            && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        let weight = if packable {
+            let (n, k) = weight.dims2()?;
+            let w = weight.contiguous()?;
+            let packed = with_slice(&w, |w| Ok(PackedWeight::pack(w, n, k)))?;
+            let bias = match &bias {
+                Some(b) => Some(b.to_vec1::<f32>()?.into()),
+                None => None,
+            };
+            Weight::Packed {
+                packed: Arc::new(packed),
+                bias,
+            }
+        } else {
+            Weight::Dense(weight)
         };
-        with_slice(&self.weight, |w| {
-            skinny::matmul_xwt(&xs, w, bias.as_deref(), k, &mut out);
-            Ok(())
-        })?;
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = n;
-        Tensor::from_vec(out, dims, x.device())
+        Ok(Self { weight, bias })
+    }
+
+    fn out_features(&self) -> Result<usize> {
+        match &self.weight {
+            Weight::Packed { packed, .. } => Ok(packed.rows()),
+            Weight::Dense(w) => w.dim(0),
+        }
     }
 }
 
@@ -64,24 +74,39 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let k = x.dim(D::Minus1)?;
         let rows = x.elem_count() / k;
-        if self.streaming_eligible(x, rows) {
-            return self.forward_streaming(x, rows, k);
-        }
         let mut out_dims = x.dims().to_vec();
-        *out_dims.last_mut().expect("rank ≥ 1") = self.weight.dim(0)?;
-        let y = x.reshape((rows, k))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        y.reshape(out_dims)
+        *out_dims.last_mut().expect("rank ≥ 1") = self.out_features()?;
+        match &self.weight {
+            Weight::Packed { packed, bias } if x.dtype() == DType::F32 && x.device().is_cpu() => {
+                let x = x.contiguous()?;
+                let mut out = vec![0f32; rows * packed.rows()];
+                with_slice(&x, |xs| {
+                    packed.matmul(xs, bias.as_deref(), &mut out);
+                    Ok(())
+                })?;
+                Tensor::from_vec(out, out_dims, x.device())
+            }
+            Weight::Packed { .. } => candle_core::bail!(
+                "packed linear layer got a {:?} input on {:?}",
+                x.dtype(),
+                x.device()
+            ),
+            Weight::Dense(w) => {
+                let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+                let y = match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                y.reshape(out_dims)
+            }
+        }
     }
 }
 
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let w = vb.get((out_dim, in_dim), "weight")?;
     let b = vb.get(out_dim, "bias")?;
-    Ok(Linear::new(w, Some(b)))
+    Linear::new(w, Some(b))
 }
 
 pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
@@ -93,7 +118,7 @@ pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 pub fn conv1d(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let w = vb.get((in_dim, out_dim), "weight")?.t()?.contiguous()?;
     let b = vb.get(out_dim, "bias")?;
-    Ok(Linear::new(w, Some(b)))
+    Linear::new(w, Some(b))
 }
 
 /// `[batch, len, heads·head_dim]` → `[batch, heads, len, head_dim]`.

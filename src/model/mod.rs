@@ -10,7 +10,7 @@ pub mod bert;
 pub mod cpu;
 pub mod gpt2;
 pub mod layers;
-pub mod skinny;
+pub mod packed;
 pub mod small_attention;
 
 use std::path::Path;

@@ -1,0 +1,60 @@
+//! `y = x Wᵀ + b` at bert-base shapes: candle's GEMM (the baseline, as `x.matmul(Wᵀ)`)
+//! against the packed-panel kernel the engine uses on the CPU.
+//!
+//! cargo bench --bench linear [-- ROWS...]
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use encdec::model::packed::PackedWeight;
+
+fn median_seconds(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[3]
+}
+
+fn main() -> candle_core::Result<()> {
+    let rows: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let rows = if rows.is_empty() {
+        vec![1, 4, 16, 32, 64, 512]
+    } else {
+        rows
+    };
+    let dev = Device::Cpu;
+    println!("rows   n      k      candle ms  packed ms  (ratio)  packed GFLOP/s");
+    for (n, k) in [(768, 768), (3072, 768), (768, 3072), (30522, 768)] {
+        let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
+        let b = Tensor::randn(0f32, 1., n, &dev)?;
+        let (wv, bv) = (w.flatten_all()?.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+        let packed = PackedWeight::pack(&wv, n, k);
+        for &m in &rows {
+            let x = Tensor::randn(0f32, 1., (m, k), &dev)?;
+            let xv = x.flatten_all()?.to_vec1::<f32>()?;
+            let wt = w.t()?;
+            let candle = median_seconds(|| {
+                x.matmul(&wt).unwrap().broadcast_add(&b).unwrap();
+            });
+            let mut out = vec![0f32; m * n];
+            let packed_s = median_seconds(|| packed.matmul(&xv, Some(&bv), &mut out));
+            let gflops = 2.0 * (m * n * k) as f64 / packed_s / 1e9;
+            println!(
+                "{m:<6} {n:<6} {k:<6} {:9.3}  {:9.3}  ({:.2})  {gflops:8.1}",
+                candle * 1e3,
+                packed_s * 1e3,
+                packed_s / candle
+            );
+        }
+    }
+    Ok(())
+}
