@@ -87,26 +87,112 @@ fn attend_row(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if qi.len() % 8 == 0
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above); slice lengths are
+        // those `attention` computed: k and v hold `scores.len()` rows of `qi.len()`.
+        unsafe { avx2::attend_row(qi, k, v, mask, scale, scores, out) };
+        return;
+    }
     let d = qi.len();
-    let mut max = f32::NEG_INFINITY;
     for (t, s) in scores.iter_mut().enumerate() {
-        let mut x = dot(qi, &k[t * d..][..d]) * scale;
-        if let Some(m) = mask {
-            x += m[t];
-        }
-        *s = x;
-        max = max.max(x);
+        *s = dot(qi, &k[t * d..][..d]) * scale + mask.map_or(0.0, |m| m[t]);
     }
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    let sum = softmax_numerators(scores);
     out.fill(0.0);
     for (t, &p) in scores.iter().enumerate() {
         let w = p / sum;
         for (o, &x) in out.iter_mut().zip(&v[t * d..][..d]) {
             *o += w * x;
+        }
+    }
+}
+
+/// Replaces scores by exp(score − max) and returns their sum.
+fn softmax_numerators(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Sums of each of eight vectors, as one vector: `[Σa₀, Σa₁, …, Σa₇]`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum8(a: &[__m256; 8]) -> __m256 {
+        let h01 = _mm256_hadd_ps(a[0], a[1]);
+        let h23 = _mm256_hadd_ps(a[2], a[3]);
+        let h45 = _mm256_hadd_ps(a[4], a[5]);
+        let h67 = _mm256_hadd_ps(a[6], a[7]);
+        let h0123 = _mm256_hadd_ps(h01, h23);
+        let h4567 = _mm256_hadd_ps(h45, h67);
+        let lo = _mm256_permute2f128_ps(h0123, h4567, 0x20);
+        let hi = _mm256_permute2f128_ps(h0123, h4567, 0x31);
+        _mm256_add_ps(lo, hi)
+    }
+
+    /// Scores eight keys at a time (eight dot products reduced together, no horizontal
+    /// sum per key), softmax, then the weighted sum of values with the output row held
+    /// in registers. `qi.len()` is a multiple of 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend_row(
+        qi: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: Option<&[f32]>,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = qi.len();
+        let lk = scores.len();
+        assert!(k.len() >= lk * d && v.len() >= lk * d && out.len() == d);
+        let (q, kp, vp) = (qi.as_ptr(), k.as_ptr(), v.as_ptr());
+        let scale_v = _mm256_set1_ps(scale);
+        let mut t = 0;
+        while t + 8 <= lk {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..d).step_by(8) {
+                let qv = _mm256_loadu_ps(q.add(c));
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add((t + u) * d + c)), *a);
+                }
+            }
+            let mut s = _mm256_mul_ps(sum8(&acc), scale_v);
+            if let Some(m) = mask {
+                s = _mm256_add_ps(s, _mm256_loadu_ps(m.as_ptr().add(t)));
+            }
+            _mm256_storeu_ps(scores.as_mut_ptr().add(t), s);
+            t += 8;
+        }
+        for (t, s) in scores.iter_mut().enumerate().skip(t) {
+            *s = super::dot(qi, &k[t * d..][..d]) * scale + mask.map_or(0.0, |m| m[t]);
+        }
+        let sum = super::softmax_numerators(scores);
+
+        // Output columns in blocks of up to 64 (eight registers).
+        for c0 in (0..d).step_by(64) {
+            let width = (d - c0).min(64) / 8;
+            let mut o = [_mm256_setzero_ps(); 8];
+            for (t, &p) in scores.iter().enumerate() {
+                let w = _mm256_set1_ps(p / sum);
+                let row = vp.add(t * d + c0);
+                for (j, oj) in o.iter_mut().enumerate().take(width) {
+                    *oj = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(j * 8)), *oj);
+                }
+            }
+            for (j, oj) in o.iter().enumerate().take(width) {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c0 + j * 8), *oj);
+            }
         }
     }
 }
@@ -119,26 +205,30 @@ mod tests {
     #[test]
     fn matches_the_gemm_formulation() {
         let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1., (2, 3, 4, 8), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev).unwrap();
-        let mask = Tensor::new(
-            &[0f32, 0., 0., f32::MIN, f32::MIN, 0., 0., 0., 0., 0.],
-            &dev,
-        )
-        .unwrap()
-        .reshape((2, 1, 1, 5))
-        .unwrap();
-        let got = attention(&q, &k, &v, Some(&mask), 0.3).unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.3)
-            .unwrap()
-            .broadcast_add(&mask)
-            .unwrap();
-        let want = candle_nn::ops::softmax_last_dim(&scores)
-            .unwrap()
-            .matmul(&v)
-            .unwrap();
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        // (query rows, keys, head dim): blocks of eight keys with and without a tail,
+        // head dims below, at and above one 64-wide output block, and one not a
+        // multiple of 8 (the portable path).
+        for (lq, lk, d) in [(4, 5, 8), (3, 37, 64), (1, 16, 72), (2, 19, 12), (4, 256, 64)] {
+            let q = Tensor::randn(0f32, 1., (2, 3, lq, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1., (2, 3, lk, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1., (2, 3, lk, d), &dev).unwrap();
+            // Input 0 masks its last two keys (padding); input 1 sees all.
+            let mask: Vec<f32> = (0..2 * lk)
+                .map(|i| if i < lk && i >= lk - 2 { f32::MIN } else { 0. })
+                .collect();
+            let mask = Tensor::from_vec(mask, (2, 1, 1, lk), &dev).unwrap();
+            let got = attention(&q, &k, &v, Some(&mask), 0.3).unwrap();
+            let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.3)
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap();
+            let want = candle_nn::ops::softmax_last_dim(&scores)
+                .unwrap()
+                .matmul(&v)
+                .unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "lq {lq} lk {lk} d {d}: {diff}");
+        }
     }
 }
