@@ -58,6 +58,7 @@ pub enum InputFailure {
 
 impl Engine {
     pub fn load(dir: &Path, opts: &EngineOptions) -> Result<Self> {
+        crate::allocator::keep_freed_memory();
         let config = EncoderDecoderConfig::from_file(&dir.join("config.json"))?;
         let defaults = GenerationConfig::from_checkpoint(dir, &config)?;
         let tokenizers = Tokenizers::load(

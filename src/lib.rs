@@ -7,6 +7,7 @@
 //! `generation` (greedy / beam search exactly like transformers) → `engine` (load once,
 //! generate many batches from worker threads).
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod cli;
 pub mod engine;
