@@ -55,11 +55,18 @@ fn phases(engine: &Engine, batch: usize, beams: usize, src_len: usize, steps: us
     let inputs: Vec<Vec<u32>> = (0..batch)
         .map(|b| (0..src_len).map(|i| 1000 + ((i * 7 + b) % 5000) as u32).collect())
         .collect();
+    // The median of three encoder passes (this machine class is shared and noisy).
     let mut enc = None;
-    let encode = timed(|| {
-        enc = Some(model.encode(&inputs)?);
-        Ok(())
-    })?;
+    let mut encodes = (0..3)
+        .map(|_| {
+            timed(|| {
+                enc = Some(model.encode(&inputs)?);
+                Ok(())
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    encodes.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+    let encode = encodes.swap_remove(1);
     let enc = enc.expect("encoded");
     let mut state = model.new_decoder_state();
     let tokens: Vec<u32> = (0..batch * beams).map(|r| 100 + r as u32).collect();

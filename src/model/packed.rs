@@ -101,9 +101,12 @@ impl PackedWeight {
         out: SendPtr,
     ) {
         let (n, k) = (self.n, self.k);
+        // Tiles as even as possible (32 rows: 6+6+5+5+5+5, not 6×5+2): a tile of one or
+        // two rows has too few accumulators to hide the FMA latency.
+        let tiles = rows.len().div_ceil(MR);
         let mut r = rows.start;
-        while r < rows.end {
-            let mr = (rows.end - r).min(MR);
+        for tile_index in 0..tiles {
+            let mr = rows.len() / tiles + usize::from(tile_index < rows.len() % tiles);
             for p in panels.clone() {
                 let cols = PANEL.min(n - p * PANEL);
                 let tile = Tile {
