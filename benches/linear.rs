@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use encdec::model::packed::PackedWeight;
+use encdec::model::{cross_attention, packed::PackedWeight, small_attention};
 
 fn median_seconds(mut f: impl FnMut()) -> f64 {
     f();
@@ -55,6 +55,39 @@ fn main() -> candle_core::Result<()> {
                 packed_s / candle
             );
         }
+    }
+    println!();
+    println!(
+        "cross-attention, 12 heads × 64, 256 source tokens, 12 layers' keys/values in turn \
+         (as a decode step reads them): row-wise kernel (baseline) vs packed-key kernel, per layer"
+    );
+    for (inputs, beams) in [(1, 4), (8, 4), (32, 4), (32, 1)] {
+        let layers = (0..12)
+            .map(|_| {
+                let k = Tensor::randn(0f32, 1., (inputs, 12, 256, 64), &dev)?;
+                let v = Tensor::randn(0f32, 1., (inputs, 12, 256, 64), &dev)?;
+                let packed = cross_attention::pack_keys(&k)?;
+                Ok((k, packed, v))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let q = Tensor::randn(0f32, 1., (inputs, 12, beams, 64), &dev)?;
+        let mask = Tensor::zeros((inputs, 1, 1, 256), candle_core::DType::F32, &dev)?;
+        let rows = median_seconds(|| {
+            for (k, _, v) in &layers {
+                small_attention::attention(&q, k, v, Some(&mask), 0.125).unwrap();
+            }
+        }) / 12.0;
+        let packed = median_seconds(|| {
+            for (_, kp, v) in &layers {
+                cross_attention::attention(&q, kp, v, &mask, 0.125).unwrap();
+            }
+        }) / 12.0;
+        println!(
+            "inputs {inputs:<3} beams {beams}: {:8.3} ms  {:8.3} ms  ({:.2})",
+            rows * 1e3,
+            packed * 1e3,
+            packed / rows
+        );
     }
     Ok(())
 }

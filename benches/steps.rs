@@ -2,7 +2,7 @@
 //! given number of rows, each with wall time and how many cores were busy.
 //!
 //! cargo bench --bench steps -- bench/out/bert2bert-base [--batch 8] [--beams 4]
-//!     [--src-len 256] [--steps 16]
+//!     [--src-len 256] [--steps 16] [--encode-repeats 3]
 //!
 //! A baseline for the ratios: the same encoder pass and decode step at batch 1, beams 1.
 
@@ -19,7 +19,12 @@ fn cpu_seconds() -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the comm field.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -50,14 +55,33 @@ fn arg(args: &[String], name: &str, default: usize) -> Result<usize> {
     }
 }
 
-fn phases(engine: &Engine, batch: usize, beams: usize, src_len: usize, steps: usize) -> Result<(Timed, Timed)> {
+struct Shape {
+    batch: usize,
+    beams: usize,
+    src_len: usize,
+    steps: usize,
+    encode_repeats: usize,
+}
+
+fn phases(engine: &Engine, shape: &Shape) -> Result<(Timed, Timed)> {
+    let &Shape {
+        batch,
+        beams,
+        src_len,
+        steps,
+        encode_repeats,
+    } = shape;
     let model = engine.model();
     let inputs: Vec<Vec<u32>> = (0..batch)
-        .map(|b| (0..src_len).map(|i| 1000 + ((i * 7 + b) % 5000) as u32).collect())
+        .map(|b| {
+            (0..src_len)
+                .map(|i| 1000 + ((i * 7 + b) % 5000) as u32)
+                .collect()
+        })
         .collect();
-    // The median of three encoder passes (this machine class is shared and noisy).
+    // The median of a few encoder passes (this machine class is shared and noisy).
     let mut enc = None;
-    let mut encodes = (0..3)
+    let mut encodes = (0..encode_repeats)
         .map(|_| {
             timed(|| {
                 enc = Some(model.encode(&inputs)?);
@@ -66,7 +90,7 @@ fn phases(engine: &Engine, batch: usize, beams: usize, src_len: usize, steps: us
         })
         .collect::<Result<Vec<_>>>()?;
     encodes.sort_by(|a, b| a.wall.total_cmp(&b.wall));
-    let encode = encodes.swap_remove(1);
+    let encode = encodes.swap_remove(encode_repeats / 2);
     let enc = enc.expect("encoded");
     let mut state = model.new_decoder_state();
     let tokens: Vec<u32> = (0..batch * beams).map(|r| 100 + r as u32).collect();
@@ -90,16 +114,30 @@ fn phases(engine: &Engine, batch: usize, beams: usize, src_len: usize, steps: us
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let dir = PathBuf::from(args.first().context("usage: steps MODEL_DIR [--batch N] ...")?);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let dir = PathBuf::from(
+        args.first()
+            .context("usage: steps MODEL_DIR [--batch N] ...")?,
+    );
     let batch = arg(&args, "--batch", 8)?;
     let beams = arg(&args, "--beams", 4)?;
     let src_len = arg(&args, "--src-len", 256)?;
     let steps = arg(&args, "--steps", 16)?;
+    let encode_repeats = arg(&args, "--encode-repeats", 3)?.max(1);
     let engine = Engine::load(&dir, &EngineOptions::default())?;
 
-    let (enc1, step1) = phases(&engine, 1, 1, src_len, steps)?;
-    let (enc, step) = phases(&engine, batch, beams, src_len, steps)?;
+    let shape = |batch, beams| Shape {
+        batch,
+        beams,
+        src_len,
+        steps,
+        encode_repeats,
+    };
+    let (enc1, step1) = phases(&engine, &shape(1, 1))?;
+    let (enc, step) = phases(&engine, &shape(batch, beams))?;
     println!("phase                         wall ms   cores   vs batch 1 × 1 (per row)");
     println!(
         "encode   batch 1              {:8.1}   {:5.2}",

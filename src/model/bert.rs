@@ -9,8 +9,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::layers::{
-    activate, attention, cross_attention_shared, layer_norm, linear, merge_heads, project_heads,
-    KvCache, Linear,
+    activate, attention, cross_attention_shared, cross_keys_values, layer_norm, linear,
+    merge_heads, project_heads, KvCache, Linear,
 };
 use crate::checkpoint::config::{Activation, Family, StackConfig};
 
@@ -110,10 +110,11 @@ impl AttentionBlock {
 
     /// Encoder keys/values for cross-attention, computed once per input.
     fn cross_kv(&self, enc: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((
-            project_heads(&self.key, enc, self.heads)?,
-            project_heads(&self.value, enc, self.heads)?,
-        ))
+        cross_keys_values(
+            &self.key.forward(enc)?,
+            &self.value.forward(enc)?,
+            self.heads,
+        )
     }
 
     fn cross_step(&self, x: &Tensor, kv: &(Tensor, Tensor), mask: &Tensor) -> Result<Tensor> {

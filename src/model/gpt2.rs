@@ -8,8 +8,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::layers::{
-    activate, attention, chunk_last, conv1d, cross_attention_shared, layer_norm, merge_heads,
-    split_heads, KvCache, Linear,
+    activate, attention, chunk_last, conv1d, cross_attention_shared, cross_keys_values, layer_norm,
+    merge_heads, split_heads, KvCache, Linear,
 };
 use crate::checkpoint::config::{Activation, StackConfig};
 
@@ -58,10 +58,7 @@ impl Gpt2Block {
 
     fn cross_kv(&self, enc: &Tensor) -> Result<(Tensor, Tensor)> {
         let kv = chunk_last(&self.cross_kv_attn.forward(enc)?, 2)?;
-        Ok((
-            split_heads(&kv[0], self.heads)?,
-            split_heads(&kv[1], self.heads)?,
-        ))
+        cross_keys_values(&kv[0], &kv[1], self.heads)
     }
 
     fn step(

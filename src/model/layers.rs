@@ -8,7 +8,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 
 use super::cpu::with_slice;
 use super::packed::PackedWeight;
-use super::small_attention;
+use super::{cross_attention, small_attention};
 use crate::checkpoint::config::Activation;
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -155,9 +155,26 @@ pub fn attention(
     candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
 }
 
+/// Encoder keys and values of one decoder layer, computed once per input. Values are
+/// `[inputs, heads, src_len, head_dim]`; keys the same, or on the CPU in f32 packed for
+/// the cross-attention kernel (`cross_attention::pack_keys`, rank 5).
+pub fn cross_keys_values(k: &Tensor, v: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+    let (k, v) = (split_heads(k, heads)?, split_heads(v, heads)?);
+    if cpu_f32(&[&k, &v]) {
+        Ok((cross_attention::pack_keys(&k)?, v))
+    } else {
+        Ok((k, v))
+    }
+}
+
+fn cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+}
+
 /// Cross-attention where every input's encoder K/V serve all of its beams:
 /// the beams become query rows of one attention per input, so K/V are never copied
-/// per beam. `q`: `[inputs·beams, 1, d]`; `k`, `v`: `[inputs, heads, src_len, head_dim]`;
+/// per beam. `q`: `[inputs·beams, 1, d]`; `k`, `v` from [`cross_keys_values`];
 /// `mask`: `[inputs, 1, 1, src_len]`. Returns `[inputs·beams, 1, d]`.
 pub fn cross_attention_shared(
     q: &Tensor,
@@ -167,13 +184,17 @@ pub fn cross_attention_shared(
     scale: f64,
 ) -> Result<Tensor> {
     let (rows, _, d) = q.dims3()?;
-    let (inputs, heads, _, head_dim) = k.dims4()?;
+    let (inputs, heads, _, head_dim) = v.dims4()?;
     let beams = rows / inputs;
     let q = q
         .reshape((inputs, beams, heads, head_dim))?
         .transpose(1, 2)?
         .contiguous()?;
-    let ctx = attention(&q, k, v, Some(mask), scale)?; // [inputs, heads, beams, head_dim]
+    let ctx = if k.rank() == 5 && cpu_f32(&[&q, v, mask]) {
+        cross_attention::attention(&q, k, v, mask, scale)?
+    } else {
+        attention(&q, k, v, Some(mask), scale)?
+    }; // [inputs, heads, beams, head_dim]
     ctx.transpose(1, 2)?.contiguous()?.reshape((rows, 1, d))
 }
 

@@ -8,6 +8,7 @@
 
 pub mod bert;
 pub mod cpu;
+pub mod cross_attention;
 pub mod gpt2;
 pub mod layers;
 pub mod packed;
@@ -70,7 +71,8 @@ pub struct EncoderDecoderModel {
 
 /// What the decoder needs from the encoder, one row per input.
 pub struct EncoderState {
-    /// Per decoder layer: keys and values `[inputs, heads, src_len, head_dim]`.
+    /// Per decoder layer: keys and values (`layers::cross_keys_values`), one row of
+    /// dimension 0 per input.
     cross_kv: Vec<(Tensor, Tensor)>,
     /// Additive padding mask `[inputs, 1, 1, src_len]`.
     mask: Tensor,

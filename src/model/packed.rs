@@ -226,7 +226,9 @@ mod tests {
         let mut out = vec![0f32; m * n];
         for r in 0..m {
             for j in 0..n {
-                let s: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[j * k + i] as f64).sum();
+                let s: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                    .sum();
                 out[r * n + j] = s as f32 + bias.map_or(0.0, |b| b[j]);
             }
         }

@@ -88,7 +88,7 @@ fn attend_row(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if qi.len() % 8 == 0
+    if qi.len().is_multiple_of(8)
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
     {
@@ -208,7 +208,13 @@ mod tests {
         // (query rows, keys, head dim): blocks of eight keys with and without a tail,
         // head dims below, at and above one 64-wide output block, and one not a
         // multiple of 8 (the portable path).
-        for (lq, lk, d) in [(4, 5, 8), (3, 37, 64), (1, 16, 72), (2, 19, 12), (4, 256, 64)] {
+        for (lq, lk, d) in [
+            (4, 5, 8),
+            (3, 37, 64),
+            (1, 16, 72),
+            (2, 19, 12),
+            (4, 256, 64),
+        ] {
             let q = Tensor::randn(0f32, 1., (2, 3, lq, d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1., (2, 3, lk, d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1., (2, 3, lk, d), &dev).unwrap();
