@@ -137,10 +137,20 @@ impl Engine {
         texts: &[&str],
         cfg: &GenerationConfig,
     ) -> Result<Vec<Result<Vec<Generated>, InputFailure>>> {
+        self.generate_texts_observed(texts, cfg, &NoObserver)
+    }
+
+    /// [`Self::generate_texts`] reporting its progress to `observer`.
+    pub fn generate_texts_observed(
+        &self,
+        texts: &[&str],
+        cfg: &GenerationConfig,
+        observer: &dyn StepObserver,
+    ) -> Result<Vec<Result<Vec<Generated>, InputFailure>>> {
         let encoded: Vec<Result<Vec<u32>, InputError>> =
             texts.iter().map(|t| self.encode(t, None)).collect();
         let valid: Vec<Vec<u32>> = encoded.iter().filter_map(|e| e.clone().ok()).collect();
-        let mut outcomes = self.generate_ids(&valid, cfg, &NoObserver)?.into_iter();
+        let mut outcomes = self.generate_ids(&valid, cfg, observer)?.into_iter();
         encoded
             .into_iter()
             .map(|e| match e {

@@ -1,8 +1,10 @@
 //! `encdec generate`: JSONL in on stdin (`{"text", "id"?}`), one JSONL result per
 //! input out on stdout, in order. Inputs are batched `--batch-size` at a time.
 
+use std::cell::Cell;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -10,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::flags::{parse_dtype, GenerationFlags};
 use crate::engine::{Engine, EngineOptions};
-use crate::generation::GenerationOverrides;
+use crate::generation::{GenerationOverrides, StepObserver};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -109,11 +111,21 @@ fn flush(
         .filter_map(|(_, t)| t.as_deref().ok())
         .collect();
     let started = std::time::Instant::now();
-    let results = engine.generate_texts(&texts, cfg)?;
+    let phases = PhaseTimes::default();
+    let results = engine.generate_texts_observed(&texts, cfg, &phases)?;
     if timings {
+        let total = started.elapsed().as_secs_f64();
+        let (encode, decode) = (phases.encode.get(), phases.decode.get());
         eprintln!(
             "{}",
-            json!({"batch_inputs": texts.len(), "generate_seconds": started.elapsed().as_secs_f64()})
+            json!({
+                "batch_inputs": texts.len(),
+                "generate_seconds": total,
+                "encode_seconds": encode,
+                "decoder_steps": phases.steps.get(),
+                "decoder_seconds": decode,
+                "search_and_other_seconds": total - encode - decode,
+            })
         );
     }
     let mut results = results.into_iter();
@@ -134,4 +146,24 @@ fn flush(
     }
     out.flush()?;
     Ok(())
+}
+
+/// Where a batch's time went, for `--timings`: the encoder, the decoder steps, and the
+/// rest (tokenization, logits processing and search, cache reordering, detokenization).
+#[derive(Default)]
+struct PhaseTimes {
+    encode: Cell<f64>,
+    decode: Cell<f64>,
+    steps: Cell<usize>,
+}
+
+impl StepObserver for PhaseTimes {
+    fn on_encoded(&self, _inputs: usize, elapsed: Duration) {
+        self.encode.set(self.encode.get() + elapsed.as_secs_f64());
+    }
+
+    fn on_step(&self, _rows: usize, elapsed: Duration) {
+        self.decode.set(self.decode.get() + elapsed.as_secs_f64());
+        self.steps.set(self.steps.get() + 1);
+    }
 }

@@ -46,6 +46,8 @@ pub trait StepObserver {
     fn is_cancelled(&self, _input: usize) -> bool {
         false
     }
+    /// Called once the encoder has run (and the cross-attention K/V are computed).
+    fn on_encoded(&self, _inputs: usize, _elapsed: Duration) {}
     /// Called after every decoder step with the number of rows it ran.
     fn on_step(&self, _rows: usize, _elapsed: Duration) {}
     /// Called as soon as an input finishes, while the rest of the batch goes on: a server
@@ -85,7 +87,9 @@ pub fn generate(
     cfg.validate()?;
     let vocab = model.vocab_size();
     let rows_per_input = cfg.num_beams;
+    let started = Instant::now();
     let mut encoder = model.encode(inputs)?;
+    observer.on_encoded(inputs.len(), started.elapsed());
     let mut decoder = model.new_decoder_state();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
     // (input index, search) for the inputs still in the batch, in batch order.
