@@ -46,7 +46,7 @@ fn main() -> candle_core::Result<()> {
                 x.matmul(&wt).unwrap().broadcast_add(&b).unwrap();
             });
             let mut out = vec![0f32; m * n];
-            let packed_s = median_seconds(|| packed.matmul(&xv, Some(&bv), &mut out));
+            let packed_s = median_seconds(|| packed.matmul(&xv, Some(&bv), None, &mut out));
             let gflops = 2.0 * (m * n * k) as f64 / packed_s / 1e9;
             println!(
                 "{m:<6} {n:<6} {k:<6} {:9.3}  {:9.3}  ({:.2})  {gflops:8.1}",

@@ -9,8 +9,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::layers::{
-    activate, attention, cross_attention_shared, cross_keys_values, layer_norm, linear,
-    merge_heads, project_heads, KvCache, Linear,
+    attention, cross_attention_shared, cross_keys_values, layer_norm, linear, merge_heads,
+    project_heads, KvCache, Linear,
 };
 use crate::checkpoint::config::{Activation, Family, StackConfig};
 
@@ -143,7 +143,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = activate(&self.intermediate.forward(x)?, self.act)?;
+        let h = self.intermediate.forward_activated(x, self.act)?;
         self.norm.forward(&(self.output.forward(&h)? + x)?)
     }
 }
@@ -280,7 +280,7 @@ impl LmHead {
     /// `[rows, d]` → `[rows, vocab]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = match &self.transform {
-            Some((dense, act, norm)) => norm.forward(&activate(&dense.forward(x)?, *act)?)?,
+            Some((dense, act, norm)) => norm.forward(&dense.forward_activated(x, *act)?)?,
             None => x.clone(),
         };
         self.projection.forward(&x)

@@ -8,7 +8,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::layers::{
-    activate, attention, chunk_last, conv1d, cross_attention_shared, cross_keys_values, layer_norm,
+    attention, chunk_last, conv1d, cross_attention_shared, cross_keys_values, layer_norm,
     merge_heads, split_heads, KvCache, Linear,
 };
 use crate::checkpoint::config::{Activation, StackConfig};
@@ -81,7 +81,9 @@ impl Gpt2Block {
         let ctx = cross_attention_shared(&q, &cross_kv.0, &cross_kv.1, cross_mask, self.scale)?;
         let x = (x + self.cross_proj.forward(&ctx)?)?;
 
-        let h = activate(&self.c_fc.forward(&self.ln_2.forward(&x)?)?, self.act)?;
+        let h = self
+            .c_fc
+            .forward_activated(&self.ln_2.forward(&x)?, self.act)?;
         x + self.mlp_proj.forward(&h)?
     }
 }

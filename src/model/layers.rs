@@ -11,6 +11,17 @@ use super::packed::PackedWeight;
 use super::{cross_attention, small_attention};
 use crate::checkpoint::config::Activation;
 
+/// The activation of one element, exactly as candle's tensor op computes it in f32.
+pub fn activation_f32(act: Activation) -> fn(f32) -> f32 {
+    use candle_core::op::{Gelu, GeluErf, Relu, Silu, UnaryOpT};
+    match act {
+        Activation::Gelu => <GeluErf as UnaryOpT>::f32,
+        Activation::GeluTanh => <Gelu as UnaryOpT>::f32,
+        Activation::Relu => <Relu as UnaryOpT>::f32,
+        Activation::Silu => <Silu as UnaryOpT>::f32,
+    }
+}
+
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
         Activation::Gelu => x.gelu_erf(),
@@ -70,8 +81,17 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `act(x Wᵀ + b)`. On the packed path the activation is applied as each output
+    /// block is written (in parallel, while it is in cache), not as a separate pass.
+    pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Packed { .. } => self.forward_with(x, Some(activation_f32(act))),
+            Weight::Dense(_) => activate(&self.forward(x)?, act),
+        }
+    }
+
+    fn forward_with(&self, x: &Tensor, epilogue: Option<fn(f32) -> f32>) -> Result<Tensor> {
         let k = x.dim(D::Minus1)?;
         let rows = x.elem_count() / k;
         let mut out_dims = x.dims().to_vec();
@@ -81,7 +101,7 @@ impl Module for Linear {
                 let x = x.contiguous()?;
                 let mut out = vec![0f32; rows * packed.rows()];
                 with_slice(&x, |xs| {
-                    packed.matmul(xs, bias.as_deref(), &mut out);
+                    packed.matmul(xs, bias.as_deref(), epilogue, &mut out);
                     Ok(())
                 })?;
                 Tensor::from_vec(out, out_dims, x.device())
@@ -97,9 +117,19 @@ impl Module for Linear {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
                 };
-                y.reshape(out_dims)
+                let y = y.reshape(out_dims)?;
+                match epilogue {
+                    Some(_) => candle_core::bail!("activation epilogues are for packed weights"),
+                    None => Ok(y),
+                }
             }
         }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None)
     }
 }
 

@@ -68,8 +68,15 @@ impl PackedWeight {
         }
     }
 
-    /// `out[r, j] = Σ_i x[r, i] · W[j, i] (+ bias[j])` for `x`: `[m, k]`, `out`: `[m, n]`.
-    pub fn matmul(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    /// `out[r, j] = act(Σ_i x[r, i] · W[j, i] + bias[j])` for `x`: `[m, k]`, `out`:
+    /// `[m, n]`; bias and activation optional.
+    pub fn matmul(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        act: Option<fn(f32) -> f32>,
+        out: &mut [f32],
+    ) {
         let (n, k) = (self.n, self.k);
         let m = x.len() / k;
         assert_eq!(x.len(), m * k);
@@ -88,7 +95,7 @@ impl PackedWeight {
             let panels = ct * panels_per_task..((ct + 1) * panels_per_task).min(num_panels);
             // SAFETY: tasks write disjoint (row range × column range) blocks of `out`,
             // whose bounds were checked above.
-            unsafe { self.block(x, bias, rows, panels, out_ptr) };
+            unsafe { self.block(x, bias, act, rows, panels, out_ptr) };
         });
     }
 
@@ -96,6 +103,7 @@ impl PackedWeight {
         &self,
         x: &[f32],
         bias: Option<&[f32]>,
+        act: Option<fn(f32) -> f32>,
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         out: SendPtr,
@@ -114,6 +122,7 @@ impl PackedWeight {
                     k,
                     w: self.panels.as_ptr().add(p * k * PANEL),
                     bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
+                    act,
                     out: out.0.add(r * n + p * PANEL),
                     ldo: n,
                     cols,
@@ -137,6 +146,7 @@ struct Tile {
     k: usize,
     w: *const f32,
     bias: Option<*const f32>,
+    act: Option<fn(f32) -> f32>,
     out: *mut f32,
     ldo: usize,
     cols: usize,
@@ -174,11 +184,16 @@ impl Tile {
         }
     }
 
-    /// Adds the bias and writes the valid columns of one output row.
+    /// Adds the bias, applies the activation and writes the valid columns of one row.
     unsafe fn store(&self, r: usize, acc: &mut [f32; PANEL]) {
         if let Some(b) = self.bias {
             for (c, a) in acc.iter_mut().enumerate().take(self.cols) {
                 *a += *b.add(c);
+            }
+        }
+        if let Some(act) = self.act {
+            for a in acc.iter_mut().take(self.cols) {
+                *a = act(*a);
             }
         }
         std::ptr::copy_nonoverlapping(acc.as_ptr(), self.out.add(r * self.ldo), self.cols);
@@ -204,7 +219,7 @@ mod avx2 {
             }
         }
         for (r, a) in acc.iter().enumerate() {
-            if t.cols == PANEL && t.bias.is_none() {
+            if t.cols == PANEL && t.bias.is_none() && t.act.is_none() {
                 _mm256_storeu_ps(t.out.add(r * t.ldo), a[0]);
                 _mm256_storeu_ps(t.out.add(r * t.ldo + 8), a[1]);
             } else {
@@ -254,11 +269,17 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|_| rand()).collect();
             let b: Vec<f32> = (0..n).map(|_| rand()).collect();
             let packed = PackedWeight::pack(&w, n, k);
-            for bias in [Some(&b[..]), None] {
+            let relu: fn(f32) -> f32 = |v| v.max(0.0);
+            for (bias, act) in [
+                (Some(&b[..]), None),
+                (None, None),
+                (Some(&b[..]), Some(relu)),
+            ] {
                 let mut out = vec![0f32; m * n];
-                packed.matmul(&x, bias, &mut out);
+                packed.matmul(&x, bias, act, &mut out);
                 let want = naive(&x, &w, bias, k);
                 for (g, e) in out.iter().zip(&want) {
+                    let e = act.map_or(*e, |f| f(*e));
                     assert!((g - e).abs() < 1e-4, "{m}x{k}x{n}: {g} vs {e}");
                 }
             }
