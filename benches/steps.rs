@@ -92,7 +92,7 @@ fn phases(engine: &Engine, shape: &Shape) -> Result<(Timed, Timed)> {
     encodes.sort_by(|a, b| a.wall.total_cmp(&b.wall));
     let encode = encodes.swap_remove(encode_repeats / 2);
     let enc = enc.expect("encoded");
-    let mut state = model.new_decoder_state();
+    let mut state = model.new_decoder_state(steps + 2);
     let tokens: Vec<u32> = (0..batch * beams).map(|r| 100 + r as u32).collect();
     // Warm-up steps, then the measured ones (the cache grows as in a real generation).
     for _ in 0..2 {

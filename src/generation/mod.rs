@@ -90,7 +90,7 @@ pub fn generate(
     let started = Instant::now();
     let mut encoder = model.encode(inputs)?;
     observer.on_encoded(inputs.len(), started.elapsed());
-    let mut decoder = model.new_decoder_state();
+    let mut decoder = model.new_decoder_state(cfg.max_length);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
     // (input index, search) for the inputs still in the batch, in batch order.
     let mut live: Vec<(usize, Search)> = (0..inputs.len())
@@ -150,7 +150,7 @@ pub fn generate(
         let identity = keep_rows.iter().enumerate().all(|(i, &r)| i as u32 == r)
             && keep_rows.len() == tokens.len();
         if !identity {
-            decoder.select_rows(&keep_rows, model.device())?;
+            decoder.select_rows(&keep_rows)?;
         }
         if keep_inputs.len() != encoder.num_inputs() {
             encoder = encoder.select_inputs(&keep_inputs)?;

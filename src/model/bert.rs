@@ -103,8 +103,7 @@ impl AttentionBlock {
         let q = project_heads(&self.query, x, self.heads)?;
         let k = project_heads(&self.key, x, self.heads)?;
         let v = project_heads(&self.value, x, self.heads)?;
-        let (k, v) = cache.append(&k, &v)?;
-        let ctx = attention(&q, &k, &v, None, self.scale)?;
+        let ctx = cache.attend(&q, &k, &v, self.scale)?;
         self.finish(&merge_heads(&ctx)?, x)
     }
 

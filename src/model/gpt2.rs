@@ -8,8 +8,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::layers::{
-    attention, chunk_last, conv1d, cross_attention_shared, cross_keys_values, layer_norm,
-    merge_heads, split_heads, KvCache, Linear,
+    chunk_last, conv1d, cross_attention_shared, cross_keys_values, layer_norm, merge_heads,
+    split_heads, KvCache, Linear,
 };
 use crate::checkpoint::config::{Activation, StackConfig};
 
@@ -70,11 +70,12 @@ impl Gpt2Block {
     ) -> Result<Tensor> {
         let qkv = chunk_last(&self.c_attn.forward(&self.ln_1.forward(x)?)?, 3)?;
         let q = split_heads(&qkv[0], self.heads)?;
-        let (k, v) = cache.append(
+        let ctx = merge_heads(&cache.attend(
+            &q,
             &split_heads(&qkv[1], self.heads)?,
             &split_heads(&qkv[2], self.heads)?,
-        )?;
-        let ctx = merge_heads(&attention(&q, &k, &v, None, self.scale)?)?;
+            self.scale,
+        )?)?;
         let x = (x + self.attn_proj.forward(&ctx)?)?;
 
         let q = self.q_attn.forward(&self.ln_cross.forward(&x)?)?;

@@ -106,10 +106,9 @@ pub struct DecoderState {
 
 impl DecoderState {
     /// Keeps rows `index` in that order: beam reordering and dropping finished inputs.
-    pub fn select_rows(&mut self, index: &[u32], device: &Device) -> Result<()> {
-        let idx = Tensor::new(index, device)?;
+    pub fn select_rows(&mut self, index: &[u32]) -> Result<()> {
         for c in &mut self.caches {
-            c.select_rows(&idx)?;
+            c.select_rows(index)?;
         }
         Ok(())
     }
@@ -191,10 +190,12 @@ impl EncoderDecoderModel {
         Ok(EncoderState { cross_kv, mask })
     }
 
-    pub fn new_decoder_state(&self) -> DecoderState {
+    /// An empty self-attention cache with room for `positions` tokens per row (it grows
+    /// if a generation runs longer).
+    pub fn new_decoder_state(&self, positions: usize) -> DecoderState {
         let layers = self.decoder.num_layers();
         DecoderState {
-            caches: vec![KvCache::default(); layers],
+            caches: vec![KvCache::with_capacity(positions); layers],
             past: 0,
         }
     }

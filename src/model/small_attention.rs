@@ -52,8 +52,8 @@ pub fn attention(
                                 let qi = &qs[(bh * lq + i) * d..][..d];
                                 attend_row(
                                     qi,
-                                    kb,
-                                    vb,
+                                    |t| &kb[t * d..][..d],
+                                    |t| &vb[t * d..][..d],
                                     mb,
                                     scale,
                                     &mut scores,
@@ -78,10 +78,12 @@ pub fn attention(
     Tensor::from_vec(out, (b, h, lq, d), q.device())
 }
 
-fn attend_row(
+/// One query row against `scores.len()` keys; `key(t)` and `value(t)` give position
+/// t's vectors (contiguous rows here, scattered slots in the decoder's cache).
+pub fn attend_row<'a>(
     qi: &[f32],
-    k: &[f32],
-    v: &[f32],
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
     mask: Option<&[f32]>,
     scale: f32,
     scores: &mut [f32],
@@ -92,20 +94,18 @@ fn attend_row(
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
     {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above); slice lengths are
-        // those `attention` computed: k and v hold `scores.len()` rows of `qi.len()`.
-        unsafe { avx2::attend_row(qi, k, v, mask, scale, scores, out) };
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { avx2::attend_row(qi, key, value, mask, scale, scores, out) };
         return;
     }
-    let d = qi.len();
     for (t, s) in scores.iter_mut().enumerate() {
-        *s = dot(qi, &k[t * d..][..d]) * scale + mask.map_or(0.0, |m| m[t]);
+        *s = dot(qi, key(t)) * scale + mask.map_or(0.0, |m| m[t]);
     }
     let sum = softmax_numerators(scores);
     out.fill(0.0);
     for (t, &p) in scores.iter().enumerate() {
         let w = p / sum;
-        for (o, &x) in out.iter_mut().zip(&v[t * d..][..d]) {
+        for (o, &x) in out.iter_mut().zip(value(t)) {
             *o += w * x;
         }
     }
@@ -144,10 +144,10 @@ mod avx2 {
     /// sum per key), softmax, then the weighted sum of values with the output row held
     /// in registers. `qi.len()` is a multiple of 8.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend_row(
+    pub unsafe fn attend_row<'a>(
         qi: &[f32],
-        k: &[f32],
-        v: &[f32],
+        key: impl Fn(usize) -> &'a [f32],
+        value: impl Fn(usize) -> &'a [f32],
         mask: Option<&[f32]>,
         scale: f32,
         scores: &mut [f32],
@@ -155,16 +155,18 @@ mod avx2 {
     ) {
         let d = qi.len();
         let lk = scores.len();
-        assert!(k.len() >= lk * d && v.len() >= lk * d && out.len() == d);
-        let (q, kp, vp) = (qi.as_ptr(), k.as_ptr(), v.as_ptr());
+        assert_eq!(out.len(), d);
+        let q = qi.as_ptr();
         let scale_v = _mm256_set1_ps(scale);
         let mut t = 0;
         while t + 8 <= lk {
+            let keys: [&[f32]; 8] = std::array::from_fn(|u| key(t + u));
+            assert!(keys.iter().all(|k| k.len() >= d));
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..d).step_by(8) {
                 let qv = _mm256_loadu_ps(q.add(c));
-                for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add((t + u) * d + c)), *a);
+                for (a, k) in acc.iter_mut().zip(&keys) {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add(c)), *a);
                 }
             }
             let mut s = _mm256_mul_ps(sum8(&acc), scale_v);
@@ -175,7 +177,7 @@ mod avx2 {
             t += 8;
         }
         for (t, s) in scores.iter_mut().enumerate().skip(t) {
-            *s = super::dot(qi, &k[t * d..][..d]) * scale + mask.map_or(0.0, |m| m[t]);
+            *s = super::dot(qi, &key(t)[..d]) * scale + mask.map_or(0.0, |m| m[t]);
         }
         let sum = super::softmax_numerators(scores);
 
@@ -185,7 +187,9 @@ mod avx2 {
             let mut o = [_mm256_setzero_ps(); 8];
             for (t, &p) in scores.iter().enumerate() {
                 let w = _mm256_set1_ps(p / sum);
-                let row = vp.add(t * d + c0);
+                let vt = value(t);
+                assert!(vt.len() >= d);
+                let row = vt.as_ptr().add(c0);
                 for (j, oj) in o.iter_mut().enumerate().take(width) {
                     *oj = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(j * 8)), *oj);
                 }
