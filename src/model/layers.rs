@@ -8,21 +8,11 @@ use rayon::prelude::*;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
+use super::activation::{slice_activation, SliceActivation};
 use super::cpu::with_slice;
 use super::packed::PackedWeight;
 use super::{cross_attention, small_attention};
 use crate::checkpoint::config::Activation;
-
-/// The activation of one element, exactly as candle's tensor op computes it in f32.
-pub fn activation_f32(act: Activation) -> fn(f32) -> f32 {
-    use candle_core::op::{Gelu, GeluErf, Relu, Silu, UnaryOpT};
-    match act {
-        Activation::Gelu => <GeluErf as UnaryOpT>::f32,
-        Activation::GeluTanh => <Gelu as UnaryOpT>::f32,
-        Activation::Relu => <Relu as UnaryOpT>::f32,
-        Activation::Silu => <Silu as UnaryOpT>::f32,
-    }
-}
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
@@ -88,12 +78,12 @@ impl Linear {
     /// block is written (in parallel, while it is in cache), not as a separate pass.
     pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         match &self.weight {
-            Weight::Packed { .. } => self.forward_with(x, Some(activation_f32(act))),
+            Weight::Packed { .. } => self.forward_with(x, Some(slice_activation(act))),
             Weight::Dense(_) => activate(&self.forward(x)?, act),
         }
     }
 
-    fn forward_with(&self, x: &Tensor, epilogue: Option<fn(f32) -> f32>) -> Result<Tensor> {
+    fn forward_with(&self, x: &Tensor, epilogue: Option<SliceActivation>) -> Result<Tensor> {
         let k = x.dim(D::Minus1)?;
         let rows = x.elem_count() / k;
         let mut out_dims = x.dims().to_vec();

@@ -6,6 +6,7 @@
 //! [`EncoderDecoderModel::decode_step`] then advances all rows (inputs × beams) by one
 //! token, growing the self-attention cache.
 
+pub mod activation;
 pub mod bert;
 pub mod cpu;
 pub mod cross_attention;

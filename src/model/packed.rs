@@ -13,6 +13,8 @@
 
 use rayon::prelude::*;
 
+use super::activation::SliceActivation;
+
 /// Outputs per panel (two AVX vectors).
 pub const PANEL: usize = 16;
 /// Rows per microkernel call (12 accumulators + 2 weight vectors + 1 broadcast = 15 of
@@ -74,7 +76,7 @@ impl PackedWeight {
         &self,
         x: &[f32],
         bias: Option<&[f32]>,
-        act: Option<fn(f32) -> f32>,
+        act: Option<SliceActivation>,
         out: &mut [f32],
     ) {
         let (n, k) = (self.n, self.k);
@@ -103,7 +105,7 @@ impl PackedWeight {
         &self,
         x: &[f32],
         bias: Option<&[f32]>,
-        act: Option<fn(f32) -> f32>,
+        act: Option<SliceActivation>,
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         out: SendPtr,
@@ -146,7 +148,7 @@ struct Tile {
     k: usize,
     w: *const f32,
     bias: Option<*const f32>,
-    act: Option<fn(f32) -> f32>,
+    act: Option<SliceActivation>,
     out: *mut f32,
     ldo: usize,
     cols: usize,
@@ -192,9 +194,7 @@ impl Tile {
             }
         }
         if let Some(act) = self.act {
-            for a in acc.iter_mut().take(self.cols) {
-                *a = act(*a);
-            }
+            act(&mut acc[..self.cols]);
         }
         std::ptr::copy_nonoverlapping(acc.as_ptr(), self.out.add(r * self.ldo), self.cols);
     }
@@ -269,7 +269,7 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|_| rand()).collect();
             let b: Vec<f32> = (0..n).map(|_| rand()).collect();
             let packed = PackedWeight::pack(&w, n, k);
-            let relu: fn(f32) -> f32 = |v| v.max(0.0);
+            let relu: SliceActivation = |xs| xs.iter_mut().for_each(|v| *v = v.max(0.0));
             for (bias, act) in [
                 (Some(&b[..]), None),
                 (None, None),
@@ -279,7 +279,11 @@ mod tests {
                 packed.matmul(&x, bias, act, &mut out);
                 let want = naive(&x, &w, bias, k);
                 for (g, e) in out.iter().zip(&want) {
-                    let e = act.map_or(*e, |f| f(*e));
+                    let e = act.map_or(*e, |f| {
+                        let mut v = [*e];
+                        f(&mut v);
+                        v[0]
+                    });
                     assert!((g - e).abs() < 1e-4, "{m}x{k}x{n}: {g} vs {e}");
                 }
             }
