@@ -282,7 +282,7 @@ def render(rows, serve_rows, fl, dec_bytes, decode_floor, encoder_floor, args):
         f"encoder ≥ {encoder_floor:.2f} s per input.",
         "",
         "| what | transformers s | encdec s | encdec / transformers | transformers seq/s | "
-        "encdec seq/s | encdec × floor | peak RSS MB (hf / encdec) |",
+        "encdec seq/s | encdec × floor | peak RSS MiB (hf / encdec) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
