@@ -6,7 +6,7 @@
 //! beams against one block are two vector accumulators per beam, updated with one
 //! broadcast per (beam, dimension). Every key vector loaded serves all beams of the
 //! group, no horizontal sums are needed, and the keys are read front to back. The
-//! weighted sum of values works the same way over 16 output columns at a time.
+//! weighted sum of values works the same way, over up to 64 output columns per pass.
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
