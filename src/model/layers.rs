@@ -91,10 +91,8 @@ impl Linear {
         match &self.weight {
             Weight::Packed { packed, bias } if x.dtype() == DType::F32 && x.device().is_cpu() => {
                 let x = x.contiguous()?;
-                let mut out = vec![0f32; rows * packed.rows()];
-                with_slice(&x, |xs| {
-                    packed.matmul(xs, bias.as_deref(), epilogue, &mut out);
-                    Ok(())
+                let out = with_slice(&x, |xs| {
+                    Ok(packed.matmul_to_vec(xs, bias.as_deref(), epilogue))
                 })?;
                 Tensor::from_vec(out, out_dims, x.device())
             }

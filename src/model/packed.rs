@@ -79,10 +79,42 @@ impl PackedWeight {
         act: Option<SliceActivation>,
         out: &mut [f32],
     ) {
+        assert_eq!(out.len(), x.len() / self.k * self.n);
+        // SAFETY: `out` holds exactly the m × n floats `write_all` writes.
+        unsafe { self.write_all(x, bias, act, SendPtr(out.as_mut_ptr())) };
+    }
+
+    /// [`Self::matmul`] into a new vector, without zeroing it first (the kernel writes
+    /// every element; clearing megabytes of activations per layer showed up in profiles).
+    pub fn matmul_to_vec(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        act: Option<SliceActivation>,
+    ) -> Vec<f32> {
+        let len = x.len() / self.k * self.n;
+        let mut out = Vec::with_capacity(len);
+        // SAFETY: the buffer has room for the m × n floats, `write_all` writes every one
+        // of them through the raw pointer (no reference to uninitialised memory is
+        // made), and only then is the length set.
+        unsafe {
+            self.write_all(x, bias, act, SendPtr(out.as_mut_ptr()));
+            out.set_len(len);
+        }
+        out
+    }
+
+    /// Writes all m × n outputs through `out`, which must have room for them.
+    unsafe fn write_all(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        act: Option<SliceActivation>,
+        out_ptr: SendPtr,
+    ) {
         let (n, k) = (self.n, self.k);
         let m = x.len() / k;
         assert_eq!(x.len(), m * k);
-        assert_eq!(out.len(), m * n);
         if let Some(b) = bias {
             assert_eq!(b.len(), n);
         }
@@ -90,13 +122,12 @@ impl PackedWeight {
         let panels_per_task = (TASK_WEIGHT_BYTES / (k * PANEL * 4)).clamp(1, num_panels);
         let col_tasks = num_panels.div_ceil(panels_per_task);
         let row_tasks = m.div_ceil(TASK_ROWS);
-        let out_ptr = SendPtr(out.as_mut_ptr());
         (0..col_tasks * row_tasks).into_par_iter().for_each(|t| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let rows = rt * TASK_ROWS..((rt + 1) * TASK_ROWS).min(m);
             let panels = ct * panels_per_task..((ct + 1) * panels_per_task).min(num_panels);
-            // SAFETY: tasks write disjoint (row range × column range) blocks of `out`,
-            // whose bounds were checked above.
+            // SAFETY: tasks write disjoint (row range × column range) blocks of the
+            // m × n output, which the caller guarantees room for.
             unsafe { self.block(x, bias, act, rows, panels, out_ptr) };
         });
     }
@@ -277,6 +308,7 @@ mod tests {
             ] {
                 let mut out = vec![0f32; m * n];
                 packed.matmul(&x, bias, act, &mut out);
+                assert_eq!(out, packed.matmul_to_vec(&x, bias, act));
                 let want = naive(&x, &w, bias, k);
                 for (g, e) in out.iter().zip(&want) {
                     let e = act.map_or(*e, |f| {
