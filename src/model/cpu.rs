@@ -28,3 +28,52 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+/// What the attention kernels are checked against.
+#[cfg(test)]
+pub mod reference {
+    use candle_core::{Device, Tensor};
+
+    /// Random `[2, 3, rows, d]` queries and `[2, 3, keys, d]` keys and values, and an
+    /// additive `[2, 1, 1, keys]` mask with which input 0 ignores its last `masked` keys
+    /// (padding) and input 1 sees all.
+    pub fn inputs(rows: usize, keys: usize, d: usize, masked: usize) -> [Tensor; 4] {
+        let dev = Device::Cpu;
+        let randn = |len| Tensor::randn(0f32, 1., (2, 3, len, d), &dev).unwrap();
+        let mask: Vec<f32> = (0..2 * keys)
+            .map(|i| {
+                if i < keys && i >= keys - masked {
+                    f32::MIN
+                } else {
+                    0.
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (2, 1, 1, keys), &dev).unwrap();
+        [randn(rows), randn(keys), randn(keys), mask]
+    }
+
+    /// softmax(q kᵀ · scale + mask) v with candle's matmul and softmax.
+    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Tensor {
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale)
+            .unwrap()
+            .broadcast_add(mask)
+            .unwrap();
+        candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(v)
+            .unwrap()
+    }
+
+    /// Largest absolute difference between two tensors of one shape.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+}

@@ -316,11 +316,10 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::model::cpu::reference;
 
     #[test]
     fn matches_the_gemm_formulation() {
-        let dev = Device::Cpu;
         // (beams, source length, head dim): full blocks of 16 keys and tails, row groups
         // of 4 and remainders, head dims with 16-column blocks, an 8-column tail, and
         // one not a multiple of 8 (the portable path).
@@ -331,30 +330,10 @@ mod tests {
             (3, 40, 12),
             (6, 16, 16),
         ] {
-            let q = Tensor::randn(0f32, 1., (2, 3, beams, d), &dev).unwrap();
-            let k = Tensor::randn(0f32, 1., (2, 3, src, d), &dev).unwrap();
-            let v = Tensor::randn(0f32, 1., (2, 3, src, d), &dev).unwrap();
-            let mask: Vec<f32> = (0..2 * src)
-                .map(|i| {
-                    if i < src && i >= src - 3 {
-                        f32::MIN
-                    } else {
-                        0.
-                    }
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (2, 1, 1, src), &dev).unwrap();
+            let [q, k, v, mask] = reference::inputs(beams, src, d, 3);
             let got = attention(&q, &pack_keys(&k).unwrap(), &v, &mask, 0.125).unwrap();
-            let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.125)
-                .unwrap()
-                .broadcast_add(&mask)
-                .unwrap();
-            let want = candle_nn::ops::softmax_last_dim(&scores)
-                .unwrap()
-                .matmul(&v)
-                .unwrap();
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-            let diff = diff.to_scalar::<f32>().unwrap();
+            let want = reference::attention(&q, &k, &v, &mask, 0.125);
+            let diff = reference::max_diff(&got, &want);
             assert!(diff < 1e-5, "beams {beams} src {src} d {d}: {diff}");
         }
     }

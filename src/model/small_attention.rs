@@ -204,11 +204,10 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::model::cpu::reference;
 
     #[test]
     fn matches_the_gemm_formulation() {
-        let dev = Device::Cpu;
         // (query rows, keys, head dim): blocks of eight keys with and without a tail,
         // head dims below, at and above one 64-wide output block, and one not a
         // multiple of 8 (the portable path).
@@ -219,25 +218,10 @@ mod tests {
             (2, 19, 12),
             (4, 256, 64),
         ] {
-            let q = Tensor::randn(0f32, 1., (2, 3, lq, d), &dev).unwrap();
-            let k = Tensor::randn(0f32, 1., (2, 3, lk, d), &dev).unwrap();
-            let v = Tensor::randn(0f32, 1., (2, 3, lk, d), &dev).unwrap();
-            // Input 0 masks its last two keys (padding); input 1 sees all.
-            let mask: Vec<f32> = (0..2 * lk)
-                .map(|i| if i < lk && i >= lk - 2 { f32::MIN } else { 0. })
-                .collect();
-            let mask = Tensor::from_vec(mask, (2, 1, 1, lk), &dev).unwrap();
+            let [q, k, v, mask] = reference::inputs(lq, lk, d, 2);
             let got = attention(&q, &k, &v, Some(&mask), 0.3).unwrap();
-            let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.3)
-                .unwrap()
-                .broadcast_add(&mask)
-                .unwrap();
-            let want = candle_nn::ops::softmax_last_dim(&scores)
-                .unwrap()
-                .matmul(&v)
-                .unwrap();
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-            let diff = diff.to_scalar::<f32>().unwrap();
+            let want = reference::attention(&q, &k, &v, &mask, 0.3);
+            let diff = reference::max_diff(&got, &want);
             assert!(diff < 1e-5, "lq {lq} lk {lk} d {d}: {diff}");
         }
     }
