@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::activation::{slice_activation, SliceActivation};
+use super::activation::slice_activation;
 use super::cpu::with_slice;
 use super::packed::PackedWeight;
 use super::{cross_attention, small_attention};
@@ -27,19 +27,15 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 /// On the CPU in f32 the weight is packed into panels once, at load time
 /// (`packed.rs`); other devices and dtypes use candle's matmul.
 #[derive(Debug, Clone)]
-pub struct Linear {
-    weight: Weight,
-    bias: Option<Tensor>,
-}
-
-#[derive(Debug, Clone)]
-enum Weight {
+pub enum Linear {
     Packed {
-        packed: Arc<PackedWeight>,
-        /// The bias as a plain vector, for the packed kernel.
+        weight: Arc<PackedWeight>,
         bias: Option<Arc<[f32]>>,
     },
-    Dense(Tensor),
+    Dense {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Linear {
@@ -47,69 +43,59 @@ impl Linear {
         let packable = weight.device().is_cpu()
             && weight.dtype() == DType::F32
             && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-        let weight = if packable {
-            let (n, k) = weight.dims2()?;
-            let w = weight.contiguous()?;
-            let packed = with_slice(&w, |w| Ok(PackedWeight::pack(w, n, k)))?;
-            let bias = match &bias {
+        if !packable {
+            return Ok(Self::Dense { weight, bias });
+        }
+        let (n, k) = weight.dims2()?;
+        let w = weight.contiguous()?;
+        let packed = with_slice(&w, |w| Ok(PackedWeight::pack(w, n, k)))?;
+        Ok(Self::Packed {
+            weight: Arc::new(packed),
+            bias: match &bias {
                 Some(b) => Some(b.to_vec1::<f32>()?.into()),
                 None => None,
-            };
-            Weight::Packed {
-                packed: Arc::new(packed),
-                bias,
-            }
-        } else {
-            Weight::Dense(weight)
-        };
-        Ok(Self { weight, bias })
+            },
+        })
     }
 
-    fn out_features(&self) -> Result<usize> {
-        match &self.weight {
-            Weight::Packed { packed, .. } => Ok(packed.rows()),
-            Weight::Dense(w) => w.dim(0),
-        }
-    }
-}
-
-impl Linear {
     /// `act(x Wᵀ + b)`. On the packed path the activation is applied as each output
     /// block is written (in parallel, while it is in cache), not as a separate pass.
     pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        match &self.weight {
-            Weight::Packed { .. } => self.forward_with(x, Some(slice_activation(act))),
-            Weight::Dense(_) => activate(&self.forward(x)?, act),
-        }
+        self.forward_with(x, Some(act))
     }
 
-    fn forward_with(&self, x: &Tensor, epilogue: Option<SliceActivation>) -> Result<Tensor> {
+    fn forward_with(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         let k = x.dim(D::Minus1)?;
         let rows = x.elem_count() / k;
-        let mut out_dims = x.dims().to_vec();
-        *out_dims.last_mut().expect("rank ≥ 1") = self.out_features()?;
-        match &self.weight {
-            Weight::Packed { packed, bias } if x.dtype() == DType::F32 && x.device().is_cpu() => {
+        match self {
+            Self::Packed { weight, bias } => {
+                if x.dtype() != DType::F32 || !x.device().is_cpu() {
+                    candle_core::bail!(
+                        "packed linear layer got a {:?} input on {:?}",
+                        x.dtype(),
+                        x.device()
+                    );
+                }
+                let mut out_dims = x.dims().to_vec();
+                *out_dims.last_mut().expect("rank ≥ 1") = weight.rows();
                 let x = x.contiguous()?;
+                let epilogue = act.map(slice_activation);
                 let out = with_slice(&x, |xs| {
-                    Ok(packed.matmul_to_vec(xs, bias.as_deref(), epilogue))
+                    Ok(weight.matmul_to_vec(xs, bias.as_deref(), epilogue))
                 })?;
                 Tensor::from_vec(out, out_dims, x.device())
             }
-            Weight::Packed { .. } => candle_core::bail!(
-                "packed linear layer got a {:?} input on {:?}",
-                x.dtype(),
-                x.device()
-            ),
-            Weight::Dense(w) => {
-                let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
-                let y = match &self.bias {
+            Self::Dense { weight, bias } => {
+                let mut out_dims = x.dims().to_vec();
+                *out_dims.last_mut().expect("rank ≥ 1") = weight.dim(0)?;
+                let y = x.reshape((rows, k))?.matmul(&weight.t()?)?;
+                let y = match bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
                 };
                 let y = y.reshape(out_dims)?;
-                match epilogue {
-                    Some(_) => candle_core::bail!("activation epilogues are for packed weights"),
+                match act {
+                    Some(act) => activate(&y, act),
                     None => Ok(y),
                 }
             }

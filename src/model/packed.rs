@@ -57,10 +57,6 @@ impl PackedWeight {
         self.n
     }
 
-    pub fn cols(&self) -> usize {
-        self.k
-    }
-
     /// Row `j` of the original matrix (the embedding of token j when W is a tied
     /// word-embedding table).
     pub fn row(&self, j: usize, out: &mut [f32]) {
