@@ -1,10 +1,11 @@
 //! `encdec eval`: data formats, scoring existing predictions against the
 //! metrics called directly, and an end-to-end run on fixture models.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use encdec::eval::bleu::corpus_bleu;
 use encdec::eval::data::{self, DataFormat, DataSpec, Dataset};
@@ -36,17 +37,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn encdec(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_encdec"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
+    common::run_encdec(args, stdin.unwrap_or(""))
 }
 
 fn ok(out: &Output) -> String {

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests: fixture paths and transformers' reference outputs.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use encdec::engine::{Engine, EngineOptions};
 use encdec::generation::{GenerationOverrides, NoObserver, Outcome};
@@ -203,4 +205,19 @@ pub fn check_against_fixtures(model: &str, dir: &Path, only: Option<&[&str]>) {
         failures.join("\n")
     );
     assert!(checked > 0);
+}
+
+/// Runs the `encdec` binary with `args`, feeding it `stdin`.
+pub fn run_encdec(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_encdec"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.as_bytes()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
 }
