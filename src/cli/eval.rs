@@ -89,7 +89,7 @@ pub struct Args {
     pub no_progress: bool,
 }
 
-fn parse_device(name: &str) -> Result<Device> {
+pub(super) fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::new_cuda(0)?),

@@ -28,6 +28,9 @@ pub struct Args {
     /// Weights dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[command(flatten)]
     pub generation: GenerationFlags,
     #[arg(long)]
@@ -51,6 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let opts = EngineOptions {
         dtype: parse_dtype(&args.dtype)?,
+        device: super::eval::parse_device(&args.device)?,
         decoder_tokenizer: args.decoder_tokenizer.clone(),
         ..Default::default()
     };
