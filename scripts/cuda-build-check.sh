@@ -85,6 +85,7 @@ if [[ ! -e $cuda_root/lib/stubs/libcuda.so && ! -e $cuda_root/lib64/stubs/libcud
         | awk '{ printf "int %s(void) { return 999; }\n", $1 }' >"$stub_c"
     [[ -s $stub_c ]] || die "no driver symbols found in $cudarc_src/src/driver/sys"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda_root/lib/stubs/libcuda.so" "$stub_c"
+    ln -sf libcuda.so "$cuda_root/lib/stubs/libcuda.so.1"
     log "stub libcuda.so: $(wc -l <"$stub_c") symbols"
 fi
 
@@ -110,7 +111,7 @@ bin=$CARGO_TARGET_DIR/release/encdec
 [[ -x $bin ]] || die "$bin was not built"
 needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
 log "NEEDED: $needed"
-for lib in libcuda.so.1 libcublas.so libnvrtc.so libcurand.so; do
+for lib in libcuda.so.1 libcublas.so libcurand.so libcudart.so; do
     [[ $needed == *"$lib"* ]] || die "$bin does not link $lib: the cuda feature did not take"
 done
 # What running the binary needs (scripts/gpu-check.sh sources it): the toolkit's
