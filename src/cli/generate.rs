@@ -56,7 +56,6 @@ pub fn run(args: Args) -> Result<()> {
         dtype: parse_dtype(&args.dtype)?,
         device: super::eval::parse_device(&args.device)?,
         decoder_tokenizer: args.decoder_tokenizer.clone(),
-        ..Default::default()
     };
     let load_started = std::time::Instant::now();
     let engine = Engine::load(&args.model, &opts)?;
