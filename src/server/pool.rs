@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use super::batcher::ModelQueue;
 use super::config::{parse_dtype, DeviceSpec, InputOverflow, Limits, ModelConfig, Task};
-use super::error::{ApiError, ErrorKind};
+use super::error::{echo, ApiError, ErrorKind};
 use crate::checkpoint::config::Family;
 use crate::engine::{Engine, EngineOptions};
 use crate::generation::{GenerationConfig, GenerationOverrides, NoObserver, Outcome};
@@ -105,38 +105,100 @@ pub fn load_model(index: usize, mc: &ModelConfig, limits: &Limits) -> Result<Loa
     })
 }
 
+/// Resolved parameters beyond the server's limits or the decoder's positions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    #[error("max_length {max_length} (max_new_tokens {new_tokens}) exceeds the server limit of {limit} new tokens")]
+    NewTokens {
+        max_length: usize,
+        new_tokens: usize,
+        limit: usize,
+    },
+    #[error("max_length {max_length} exceeds the decoder's {positions} positions")]
+    Positions { max_length: usize, positions: usize },
+    #[error("num_beams {num_beams} exceeds the server limit of {limit}")]
+    Beams { num_beams: usize, limit: usize },
+    #[error("num_return_sequences {num_return_sequences} exceeds the server limit of {limit}")]
+    ReturnSequences {
+        num_return_sequences: usize,
+        limit: usize,
+    },
+}
+
 /// Whether resolved parameters are within the server's limits and the decoder's positions.
 pub fn check_limits(
     cfg: &GenerationConfig,
     limits: &Limits,
     max_length: usize,
-) -> Result<(), String> {
+) -> Result<(), LimitExceeded> {
     let new_tokens = cfg.max_length.saturating_sub(1);
     if new_tokens > limits.max_new_tokens {
-        return Err(format!(
-            "max_length {} (max_new_tokens {new_tokens}) exceeds the server limit of {} new tokens",
-            cfg.max_length, limits.max_new_tokens
-        ));
+        return Err(LimitExceeded::NewTokens {
+            max_length: cfg.max_length,
+            new_tokens,
+            limit: limits.max_new_tokens,
+        });
     }
     if cfg.max_length > max_length {
-        return Err(format!(
-            "max_length {} exceeds the decoder's {max_length} positions",
-            cfg.max_length
-        ));
+        return Err(LimitExceeded::Positions {
+            max_length: cfg.max_length,
+            positions: max_length,
+        });
     }
     if cfg.num_beams > limits.max_num_beams {
-        return Err(format!(
-            "num_beams {} exceeds the server limit of {}",
-            cfg.num_beams, limits.max_num_beams
-        ));
+        return Err(LimitExceeded::Beams {
+            num_beams: cfg.num_beams,
+            limit: limits.max_num_beams,
+        });
     }
     if cfg.num_return_sequences > limits.max_num_return_sequences {
-        return Err(format!(
-            "num_return_sequences {} exceeds the server limit of {}",
-            cfg.num_return_sequences, limits.max_num_return_sequences
-        ));
+        return Err(LimitExceeded::ReturnSequences {
+            num_return_sequences: cfg.num_return_sequences,
+            limit: limits.max_num_return_sequences,
+        });
     }
     Ok(())
+}
+
+/// Characters of input read per allowed token on the first try (see
+/// [`LoadedModel::encode`]): English runs at about 4-5 characters per WordPiece or BPE
+/// token, so one try almost always suffices.
+const CHARS_PER_TOKEN: usize = 8;
+/// Most characters read per allowed token: an input longer than this is cut by characters
+/// (and, with `input_overflow = "reject"`, refused) without reading the rest.
+pub const MAX_CHARS_PER_TOKEN: usize = 64;
+
+/// The first `chars` characters of `text`, or `None` when it is no longer.
+fn char_prefix(text: &str, chars: usize) -> Option<&str> {
+    text.char_indices().nth(chars).map(|(at, _)| &text[..at])
+}
+
+/// `head` up to the start of its last whitespace run: what precedes a word boundary of the
+/// full text, so every word in it is tokenized as in the full text. `None` without one.
+fn before_last_whitespace(head: &str) -> Option<&str> {
+    let at = head.rfind(char::is_whitespace)?;
+    let words = head[..at].trim_end();
+    (!words.is_empty()).then_some(words)
+}
+
+impl LoadedModel {
+    /// The model's source as `/info` shows it: a hub id as configured, a local directory
+    /// by its name only (no filesystem paths in responses).
+    pub fn public_source(&self) -> String {
+        let source = std::path::Path::new(&self.config.source);
+        if source == self.dir {
+            if let Some(name) = source
+                .canonicalize()
+                .ok()
+                .as_deref()
+                .unwrap_or(source)
+                .file_name()
+            {
+                return name.to_string_lossy().into_owned();
+            }
+        }
+        self.config.source.clone()
+    }
 }
 
 impl LoadedModel {
@@ -152,17 +214,14 @@ impl LoadedModel {
     fn warm_up(&self) -> Result<()> {
         let text = self.config.preprocess.apply("Warm-up.");
         let ids = self.engine.encode(&text, Some(self.max_input_tokens))?;
-        let cfg = self
-            .defaults
-            .with_overrides(&GenerationOverrides {
-                max_length: Some(2),
-                max_new_tokens: None,
-                min_length: Some(0),
-                num_beams: Some(1),
-                num_return_sequences: Some(1),
-                ..Default::default()
-            })
-            .map_err(anyhow::Error::msg)?;
+        let cfg = self.defaults.with_overrides(&GenerationOverrides {
+            max_length: Some(2),
+            max_new_tokens: None,
+            min_length: Some(0),
+            num_beams: Some(1),
+            num_return_sequences: Some(1),
+            ..Default::default()
+        })?;
         match self
             .engine
             .generate_ids(&[ids], &cfg, &NoObserver)?
@@ -173,43 +232,121 @@ impl LoadedModel {
         }
     }
 
-    /// Pre-processes and tokenizes one input (blocking; CPU work).
+    /// Pre-processes and tokenizes one input (blocking; CPU work), reading no more of a
+    /// long text than the input limit needs.
+    ///
+    /// The text is cut by characters before tokenizing: the first try keeps
+    /// `max_input_tokens` × [`CHARS_PER_TOKEN`] characters, up to the last word boundary.
+    /// When that part alone tokenizes to more than `max_input_tokens`, the full text would
+    /// be truncated (or rejected) at the same tokens: its words are tokenized alike, and the
+    /// suffix and everything after the cut lie beyond the limit. Otherwise the part is
+    /// doubled and tried again, up to [`MAX_CHARS_PER_TOKEN`] characters per token, where
+    /// the text is cut there by characters (truncate) or refused (reject). A text within
+    /// the first part is tokenized whole, exactly as before. So a 1 MB text costs the
+    /// tokenization of a few thousand characters, not of a megabyte.
     pub fn encode(
         &self,
         index: usize,
         text: &str,
         overflow: InputOverflow,
     ) -> Result<Vec<u32>, ApiError> {
-        let text = self.config.preprocess.apply(text);
-        let input_err = |e: InputError| match e {
-            InputError::Empty => ApiError::new(
-                ErrorKind::EmptyInput,
-                format!("inputs[{index}] encodes to no tokens"),
-            ),
-            InputError::Tokenizer(msg) => {
-                ApiError::validation(format!("inputs[{index}] cannot be tokenized: {msg}"))
+        let pre = &self.config.preprocess;
+        let max = self.max_input_tokens;
+        // Linear and cheap: applied to the whole text, so no rule is split by the cut.
+        let body = pre.replaced(text);
+        let cap = max.saturating_mul(MAX_CHARS_PER_TOKEN);
+        let mut budget = max.saturating_mul(CHARS_PER_TOKEN).min(cap);
+        loop {
+            let Some(head) = char_prefix(&body, budget) else {
+                let whole = format!("{}{body}{}", pre.prefix, pre.suffix);
+                return self.encode_whole(index, &whole, overflow);
+            };
+            if budget >= cap {
+                return self.encode_cut(index, head, None, overflow);
             }
-        };
+            if let Some(words) = before_last_whitespace(head) {
+                let n = self.count_tokens(index, &format!("{}{words}", pre.prefix))?;
+                if n > max {
+                    return self.encode_cut(index, words, Some(n), overflow);
+                }
+            }
+            budget = budget.saturating_mul(2).min(cap);
+        }
+    }
+
+    /// A text within the first try: tokenized whole.
+    fn encode_whole(
+        &self,
+        index: usize,
+        text: &str,
+        overflow: InputOverflow,
+    ) -> Result<Vec<u32>, ApiError> {
         if overflow == InputOverflow::Reject {
-            let n = self
-                .engine
-                .tokenizers()
-                .count_tokens(&text)
-                .map_err(input_err)?;
+            let n = self.count_tokens(index, text)?;
             if n > self.max_input_tokens {
-                return Err(ApiError::new(
-                    ErrorKind::InputTooLong,
-                    format!(
-                        "inputs[{index}] has {n} tokens; model `{}` takes at most {}",
-                        self.name(),
-                        self.max_input_tokens
-                    ),
-                ));
+                return Err(self.too_long(index, format!("has {n} tokens")));
             }
         }
         self.engine
+            .encode(text, Some(self.max_input_tokens))
+            .map_err(|e| input_error(index, e))
+    }
+
+    /// A text cut before tokenizing at `kept` (`counted` tokens with the prefix, more than
+    /// the limit; `None`: cut at the character cap).
+    fn encode_cut(
+        &self,
+        index: usize,
+        kept: &str,
+        counted: Option<usize>,
+        overflow: InputOverflow,
+    ) -> Result<Vec<u32>, ApiError> {
+        if overflow == InputOverflow::Reject {
+            let what = match counted {
+                Some(n) => format!(
+                    "has more than {} tokens ({n} in its first {} characters)",
+                    self.max_input_tokens,
+                    kept.chars().count()
+                ),
+                None => format!("is longer than {} characters", kept.chars().count()),
+            };
+            return Err(self.too_long(index, what));
+        }
+        // No suffix: it lies beyond the limit, as in the truncated full text.
+        let text = format!("{}{kept}", self.config.preprocess.prefix);
+        self.engine
             .encode(&text, Some(self.max_input_tokens))
-            .map_err(input_err)
+            .map_err(|e| input_error(index, e))
+    }
+
+    fn count_tokens(&self, index: usize, text: &str) -> Result<usize, ApiError> {
+        self.engine
+            .tokenizers()
+            .count_tokens(text)
+            .map_err(|e| input_error(index, e))
+    }
+
+    fn too_long(&self, index: usize, what: String) -> ApiError {
+        ApiError::new(
+            ErrorKind::InputTooLong,
+            format!(
+                "inputs[{index}] {what}; model `{}` takes at most {} tokens",
+                self.name(),
+                self.max_input_tokens
+            ),
+        )
+    }
+}
+
+fn input_error(index: usize, e: InputError) -> ApiError {
+    match e {
+        InputError::Empty => ApiError::new(
+            ErrorKind::EmptyInput,
+            format!("inputs[{index}] encodes to no tokens"),
+        ),
+        InputError::Tokenizer(msg) => {
+            ApiError::validation(format!("inputs[{index}] cannot be tokenized: {msg}"))
+        }
     }
 }
 
@@ -234,7 +371,11 @@ impl Pool {
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorKind::UnknownModel,
-                    format!("unknown model `{name}` (available: {})", self.names()),
+                    format!(
+                        "unknown model `{}` (available: {})",
+                        echo(name),
+                        self.names()
+                    ),
                 )
             })
     }
@@ -316,8 +457,8 @@ impl Pool {
                         "model `{n}` translates {}→{}, not {}→{}",
                         p.source,
                         p.target,
-                        source.unwrap_or_default(),
-                        target.unwrap_or_default()
+                        echo(source.unwrap_or_default()),
+                        echo(target.unwrap_or_default())
                     ),
                 ));
             }
@@ -336,7 +477,7 @@ impl Pool {
                     })
                     .collect();
                 let wanted = pair
-                    .map(|(s, t)| format!("{s}→{t}"))
+                    .map(|(s, t)| format!("{}→{}", echo(s), echo(t)))
                     .unwrap_or_else(|| "anything".into());
                 ApiError::new(
                     ErrorKind::UnknownTask,
