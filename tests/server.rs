@@ -695,6 +695,9 @@ fn queue_overflow_is_429_and_disconnected_clients_are_dropped() {
             &[],
         )
     };
+    // (Queue slots are held from admission on, so the second request may still be
+    // tokenizing: wait until both were.)
+    assert!(wait_until(20.0, || tokenizations() == 2.0));
     let before = tokenizations();
     let r = request(
         "POST",

@@ -3,7 +3,8 @@
 //! * [`config`]: the TOML schema, env/flag overrides and validation.
 //! * [`pool`]: loading and warming up models, pre/post-processing, task routing.
 //! * [`batcher`]: per-model bounded queue, batcher task and worker threads.
-//! * [`infer`]: the request path (validate, admit, tokenize, submit, await).
+//! * [`infer`]: the request path (validate, admit, tokenize, submit, await);
+//!   [`input`]: one input's tokenization, bounded by the input limit.
 //! * [`api`]: endpoints and the OpenAPI document; [`types`]: their JSON types;
 //!   [`error`]: the error table; [`metrics`]: Prometheus metrics.
 //!
@@ -18,6 +19,7 @@ pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod infer;
+pub mod input;
 pub mod metrics;
 pub mod pool;
 pub mod types;
