@@ -233,12 +233,17 @@ pub struct Replace {
 
 impl Preprocess {
     pub fn apply(&self, text: &str) -> String {
-        let body = apply_replacements(&self.replace, text);
+        let body = self.replaced(text);
         if self.prefix.is_empty() && self.suffix.is_empty() {
             body
         } else {
             format!("{}{body}{}", self.prefix, self.suffix)
         }
+    }
+
+    /// `text` with the `replace` rules applied (no prefix or suffix).
+    pub fn replaced(&self, text: &str) -> String {
+        apply_replacements(&self.replace, text)
     }
 }
 

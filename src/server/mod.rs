@@ -3,8 +3,10 @@
 //! * [`config`]: the TOML schema, env/flag overrides and validation.
 //! * [`pool`]: loading and warming up models, pre/post-processing, task routing.
 //! * [`batcher`]: per-model bounded queue, batcher task and worker threads.
-//! * [`api`]: endpoints, JSON types, OpenAPI document; [`error`]: the error table;
-//!   [`metrics`]: Prometheus metrics.
+//! * [`infer`]: the request path (validate, admit, tokenize, submit, await);
+//!   [`input`]: one input's tokenization, bounded by the input limit.
+//! * [`api`]: endpoints and the OpenAPI document; [`types`]: their JSON types;
+//!   [`error`]: the error table; [`metrics`]: Prometheus metrics.
 //!
 //! Lifecycle: [`load`] (blocking: resolve, load and warm up every model), then [`serve`]
 //! on a listener until a shutdown future resolves: `/ready` turns 503, after
@@ -16,8 +18,11 @@ pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod infer;
+pub mod input;
 pub mod metrics;
 pub mod pool;
+pub mod types;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
