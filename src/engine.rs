@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use crate::checkpoint::config::EncoderDecoderConfig;
 use crate::generation::{self, GenerationConfig, Hypothesis, NoObserver, Outcome, StepObserver};
 use crate::model::EncoderDecoderModel;
-use crate::tokenizer::{InputError, Tokenizers};
+use crate::tokenizer::{InputError, TokenizerSettings, Tokenizers};
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct EngineOptions {
     pub dtype: DType,
     /// Decoder tokenizer directory (BERT2GPT2); default `decoder_tokenizer/` if present.
     pub decoder_tokenizer: Option<PathBuf>,
+    /// transformers' tokenizer keyword arguments (`add_special_tokens`, token overrides).
+    pub tokenizer: TokenizerSettings,
 }
 
 impl Default for EngineOptions {
@@ -26,6 +28,7 @@ impl Default for EngineOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             decoder_tokenizer: None,
+            tokenizer: TokenizerSettings::default(),
         }
     }
 }
@@ -65,6 +68,7 @@ impl Engine {
             dir,
             opts.decoder_tokenizer.as_deref(),
             config.encoder.max_input_tokens(),
+            &opts.tokenizer,
         )?;
         let model = EncoderDecoderModel::load(dir, config, &opts.device, opts.dtype)
             .with_context(|| format!("loading weights of {}", dir.display()))?;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::flags::{parse_dtype, GenerationFlags};
+use super::flags::{parse_dtype, GenerationFlags, TokenizerFlags};
 use crate::engine::{Engine, EngineOptions};
 use crate::generation::{GenerationOverrides, StepObserver};
 
@@ -30,6 +30,8 @@ pub struct Args {
     pub dtype: String,
     #[command(flatten)]
     pub generation: GenerationFlags,
+    #[command(flatten)]
+    pub tokenizer: TokenizerFlags,
     #[arg(long)]
     pub num_return_sequences: Option<usize>,
     /// Print load and per-batch generation times (JSON lines) on stderr.
@@ -52,6 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     let opts = EngineOptions {
         dtype: parse_dtype(&args.dtype)?,
         decoder_tokenizer: args.decoder_tokenizer.clone(),
+        tokenizer: args.tokenizer.settings()?,
         ..Default::default()
     };
     let load_started = std::time::Instant::now();

@@ -178,6 +178,8 @@ pub struct ModelInfo {
     /// Generation defaults (checkpoint, then config).
     #[schema(value_type = Object)]
     pub defaults: serde_json::Value,
+    /// `[models.tokenizer]`: the tokenizer keyword arguments in effect.
+    pub tokenizer: crate::tokenizer::TokenizerSettings,
     pub preprocess: Preprocess,
     pub postprocess: Postprocess,
     pub load_seconds: f64,
@@ -717,6 +719,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
                 max_input_tokens: m.max_input_tokens,
                 max_length: m.max_length,
                 defaults: serde_json::to_value(&m.defaults).unwrap_or_default(),
+                tokenizer: c.tokenizer.clone(),
                 preprocess: c.preprocess.clone(),
                 postprocess: c.postprocess.clone(),
                 load_seconds: m.load_seconds,

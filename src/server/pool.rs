@@ -73,6 +73,7 @@ pub fn load_model(index: usize, mc: &ModelConfig, limits: &Limits) -> Result<Loa
             device,
             dtype,
             decoder_tokenizer: mc.decoder_tokenizer.clone(),
+            tokenizer: mc.tokenizer.clone(),
         },
     )
     .with_context(|| format!("{at}: loading {}", dir.display()))?;
