@@ -176,7 +176,8 @@ impl GenerationConfig {
         };
         let max_length = match num("max_new_tokens") {
             Some(n) => n + DECODER_PROMPT_LEN,
-            None => num("max_length").unwrap_or(20),
+            // Unset: transformers 5 generates 20 new tokens after the prompt.
+            None => num("max_length").unwrap_or(20 + DECODER_PROMPT_LEN),
         };
         Ok(Self {
             decoder_start_token_id,
