@@ -108,8 +108,21 @@ impl Engine {
         self.tokenizers.max_input_tokens()
     }
 
+    /// Token ids of `text`; an id outside the encoder's embeddings (a special token the
+    /// tokenizer added after a vocabulary that lacks it) is an input error, as it is an
+    /// index error in transformers.
     pub fn encode(&self, text: &str, max_tokens: Option<usize>) -> Result<Vec<u32>, InputError> {
-        self.tokenizers.encode(text, max_tokens)
+        let ids = self.tokenizers.encode(text, max_tokens)?;
+        let vocab = self.config().encoder.vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            let token = self.tokenizers.id_to_token(id).unwrap_or_default();
+            return Err(InputError::Tokenizer(format!(
+                "token {token:?} (id {id}) is outside the encoder's vocabulary of {vocab}; \
+                 the tokenizer added it to a vocabulary that lacks it (see the model card: \
+                 e.g. [models.tokenizer] add_special_tokens = false, or --no-special-tokens)"
+            )));
+        }
+        Ok(ids)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

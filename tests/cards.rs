@@ -2,6 +2,8 @@
 //! `config/default.toml`: tiny checkpoints of the same layout (tests/fixtures/cards/, made
 //! by scripts/make_card_fixtures.py) against transformers' output for the cards' calls.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use encdec::engine::{Engine, EngineOptions};
@@ -119,7 +121,9 @@ fn wmt_layout_adds_the_missing_special_tokens() {
             continue;
         };
         let input = case["input"].as_str().unwrap();
-        assert_eq!(engine.encode(input, None).unwrap(), ids(want), "{input:?}");
+        // Tokenizer level: the added ids are beyond this model's embeddings.
+        let got = engine.tokenizers().encode(input, None).unwrap();
+        assert_eq!(got, ids(want), "{input:?}");
     }
 }
 
@@ -201,12 +205,105 @@ fn settings_override_the_tokenizer_files() {
             continue;
         };
         let input = case["input"].as_str().unwrap();
-        assert_eq!(over.encode(input, None).unwrap(), ids(want), "{input:?}");
+        let got = over.tokenizers().encode(input, None).unwrap();
+        assert_eq!(got, ids(want), "{input:?}");
         let want = ids(&case["input_ids_do_lower_case_false"]);
         assert_eq!(cased.encode(input, None).unwrap(), want, "{input:?}");
     }
     // The override is special: skipped when decoding.
-    let sep = over.encode("du", None).unwrap().pop().unwrap();
-    let du = over.encode("du", None).unwrap()[1];
+    let du_ids = over.tokenizers().encode("du", None).unwrap();
+    let (du, sep) = (du_ids[1], du_ids[2]);
     assert_eq!(over.decode(&[du, sep]).unwrap(), "du");
+}
+
+#[test]
+fn generate_cli_takes_the_card_settings_as_flags() {
+    let exp = &expected()["wmt"];
+    let case = &exp["cases"][0];
+    let line = serde_json::json!({"id": 1, "text": case["input"]}).to_string();
+    let model = cards().join("wmt");
+    let out = common::run_encdec(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--no-special-tokens",
+            "--tokenizer-option",
+            "pad_token=<pad>",
+            "--tokenizer-option",
+            "eos_token=</s>",
+            "--tokenizer-option",
+            "bos_token=<s>",
+        ],
+        &line,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&got["ids"][0]), ids(&case["output_ids"]), "{got}");
+    assert_eq!(got["texts"][0], case["output_text"]);
+
+    let out = common::run_encdec(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokenizer-option",
+            "eos=</s>",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown tokenizer option `eos`"), "{err}");
+}
+
+#[test]
+fn split_fuse_and_translate_get_a_task_length_when_the_checkpoint_sets_none() {
+    use encdec::server::config::{Limits, Task};
+    use encdec::server::pool::load_model;
+    // The card checkpoints set no max_length: transformers stops at 20 new tokens.
+    let dir = cards().join("wmt");
+    let src = dir.to_str().unwrap();
+    let limits = Limits::default();
+    let length = |mc: &ModelConfig| load_model(0, mc, &limits).unwrap().defaults.max_length;
+    let card = default_config_model("google/bert2bert_L-24_wmt_en_de").tokenizer;
+    let mut summarize = Config::single_model(src, &[Task::Summarize]);
+    summarize.tokenizer = card.clone();
+    assert_eq!(length(&summarize), 21);
+    // Translate's 256 new tokens, within the fixture decoder's 128 positions.
+    let mut translate = Config::single_model(src, &[Task::Translate]);
+    translate.tokenizer = card.clone();
+    assert_eq!(length(&translate), 128);
+    let mut split = Config::single_model(src, &[Task::Split]);
+    split.tokenizer = card.clone();
+    assert_eq!(length(&split), 128);
+    // Configurable: the model's own setting wins.
+    split.generation.max_new_tokens = Some(5);
+    assert_eq!(length(&split), 6);
+    // And so does a length the checkpoint sets.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "pytorch_model.bin", "vocab.txt"] {
+        std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
+    }
+    let gen = std::fs::read_to_string(dir.join("generation_config.json")).unwrap();
+    let mut gen: Value = serde_json::from_str(&gen).unwrap();
+    gen["max_length"] = 40.into();
+    std::fs::write(tmp.path().join("generation_config.json"), gen.to_string()).unwrap();
+    let mut fuse = Config::single_model(tmp.path().to_str().unwrap(), &[Task::Fuse]);
+    fuse.tokenizer = card;
+    assert_eq!(length(&fuse), 40);
+}
+
+#[test]
+fn an_added_token_outside_the_embeddings_is_a_clear_input_error() {
+    // Without the card's add_special_tokens=False, [CLS]/[SEP] get ids after vocab.txt,
+    // beyond the model's embeddings (an IndexError in transformers).
+    let engine = load("wmt", &TokenizerSettings::default());
+    match engine.encode("willst du", None) {
+        Err(InputError::Tokenizer(msg)) => {
+            assert!(msg.contains("outside the encoder's vocabulary"), "{msg}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

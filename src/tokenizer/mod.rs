@@ -203,6 +203,11 @@ impl Tokenizers {
             .map_err(anyhow::Error::msg)
     }
 
+    /// The encoder tokenizer's token of `id` (vocabulary or added).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.encoder.id_to_token(id)
+    }
+
     /// Number of tokens `text` encodes to without truncation (for limits and metrics).
     pub fn count_tokens(&self, text: &str) -> Result<usize, InputError> {
         let tokenizer_error = |e: tokenizers::Error| InputError::Tokenizer(e.to_string());
