@@ -8,8 +8,10 @@ transformers gives for each card's calls (tests/fixtures/cards/).
   [CLS]/[SEP] (no tokenizer_config.json). Card: AutoTokenizer.from_pretrained(id,
   pad_token="<pad>", eos_token="</s>", bos_token="<s>"), tokenizer(text,
   add_special_tokens=False), decode(..., skip_special_tokens=True).
-* spiece/: like google/roberta2roberta_L-24_{wikisplit,discofuse}: bert-generation with a
-  sentencepiece `spiece.model` (no tokenizer.json). Cards: wikisplit tokenizes
+* spiece/: like google/roberta2roberta_L-24_{wikisplit,discofuse}: bert-generation,
+  tied (RoBERTaShare, `tie_encoder_decoder`, shared tensors stored only under
+  `decoder.bert.*`), pytorch_model.bin and a sentencepiece `spiece.model` (no
+  tokenizer.json). Cards: wikisplit tokenizes
   `bos_token + text + eos_token`; discofuse replaces `"` by a backtick first.
 
 Expected values come from loading the directories exactly as written (the files the
@@ -217,10 +219,22 @@ def make_spiece():
     n = spm.SentencePieceProcessor(model_file=os.path.join(d, "spiece.model")).get_piece_size()
     model = tiny_model(n, 2, 1, 0, seed=10, eos_boost=EOS_BOOST_SPIECE)
     model.config.tokenizer_class = "BertGenerationTokenizer"
-    save_torch_bin(model, d)
+    # RoBERTaShare: the encoder shares every weight with the decoder's stack (but its
+    # cross-attention). transformers 5 no longer ties on load, so tie here and keep the
+    # 4.x file layout: the shared tensors stored once, under decoder.bert.*.
+    dec = dict(model.decoder.bert.named_parameters())
+    with torch.no_grad():
+        for name, p in model.encoder.named_parameters():
+            p.copy_(dec[name])
+    model.config.tie_encoder_decoder = True
+    model.save_pretrained(d)
+    os.remove(os.path.join(d, "model.safetensors"))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    torch.save(state, os.path.join(d, "pytorch_model.bin"))
     save_generation_config(d, 2, 1, 0)
 
-    model = EncoderDecoderModel.from_pretrained(d).eval()
+    # The tied model as transformers 4 loads that file (encoder = decoder.bert).
+    model.eval()
     tok = AutoTokenizer.from_pretrained(d)
 
     def run(text):
