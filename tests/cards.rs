@@ -307,3 +307,19 @@ fn an_added_token_outside_the_embeddings_is_a_clear_input_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn spiece_special_tokens_are_skipped_when_decoding() {
+    let exp = &expected()["spiece"];
+    let model = default_config_model("google/roberta2roberta_L-24_wikisplit");
+    let engine = load("spiece", &model.tokenizer);
+    let specials: Vec<u32> = ids(&exp["all_special_ids"]);
+    let case = &exp["wikisplit"][0];
+    let mut spliced = specials.clone();
+    spliced.extend(ids(&case["output_ids"]));
+    spliced.extend(&specials);
+    assert_eq!(
+        engine.decode(&spliced).unwrap(),
+        case["output_text"].as_str().unwrap()
+    );
+}

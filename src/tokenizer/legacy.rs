@@ -531,10 +531,10 @@ fn build_sentencepiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
         .filter(|p| p.kind == 3 || p.kind == 4)
         .map(|p| AddedToken::from(p.piece.clone(), p.kind == 3).normalized(false))
         .collect();
-    // Named special tokens the files or the settings give (e.g. `eos_token="</s>"`) that
-    // are not pieces get ids after them, as transformers adds them. (Pieces keep their
-    // kind: registering a normal piece such as `<unk>` would change encode/decode.)
-    for content in SPECIAL_KEYS.iter().filter_map(|k| cfg.special(k, None)) {
+    // Named special tokens (files, settings, BertGenerationTokenizer's defaults) that are
+    // not pieces get ids after them, as transformers adds them. (Pieces keep their kind:
+    // registering a normal piece such as `<unk>` would change encode/decode.)
+    for content in sentencepiece_specials(cfg) {
         let known = proto.pieces.iter().any(|p| p.piece == content);
         if !content.is_empty() && !known && !added.iter().any(|t| t.content == content) {
             added.push(special_token(&content));
@@ -545,6 +545,55 @@ fn build_sentencepiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
         base_vocab_size: proto.pieces.len(),
         added,
         bert_template: None,
+    })
+}
+
+/// BertGenerationTokenizer's named special tokens, with the files' and settings' values.
+fn sentencepiece_specials(cfg: &TokConfig) -> Vec<String> {
+    let defaults = [
+        Some("<s>"),
+        Some("</s>"),
+        Some("<unk>"),
+        Some("<::::>"),
+        Some("<pad>"),
+        None,
+        None,
+    ];
+    SPECIAL_KEYS
+        .iter()
+        .zip(defaults)
+        .filter_map(|(k, d)| cfg.special(k, d))
+        .collect()
+}
+
+/// The named special tokens transformers' tokenizer for the legacy files in `dir` has
+/// (`all_special_tokens` less `additional_special_tokens`), class defaults included:
+/// decoding skips them all, including those that are ordinary vocabulary entries
+/// (a sentencepiece `<unk>`).
+pub fn named_special_tokens(dir: &Path, settings: &TokenizerSettings) -> Result<Vec<String>> {
+    let cfg = TokConfig::load(dir, settings)?;
+    Ok(if dir.join("vocab.txt").is_file() {
+        let defaults = [
+            None,
+            None,
+            Some("[UNK]"),
+            Some("[SEP]"),
+            Some("[PAD]"),
+            Some("[CLS]"),
+            Some("[MASK]"),
+        ];
+        SPECIAL_KEYS
+            .iter()
+            .zip(defaults)
+            .filter_map(|(k, d)| cfg.special(k, d))
+            .collect()
+    } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
+        // The tokens the BPE builder registers are special already.
+        Vec::new()
+    } else if dir.join("spiece.model").is_file() {
+        sentencepiece_specials(&cfg)
+    } else {
+        Vec::new()
     })
 }
 

@@ -143,13 +143,23 @@ impl Tokenizers {
         )?;
         if decoder.is_none() {
             // Tokens named special by the settings are skipped too (transformers'
-            // `all_special_ids` holds the `from_pretrained` overrides).
-            decoder_special_ids.extend(
-                settings
-                    .special_tokens()
-                    .into_iter()
-                    .filter_map(|(_, t)| encoder.token_to_id(t)),
-            );
+            // `all_special_ids` holds the `from_pretrained` overrides), and so are the
+            // class defaults of a tokenizer built from legacy files.
+            let mut named: Vec<String> = settings
+                .special_tokens()
+                .into_iter()
+                .map(|(_, t)| t.to_string())
+                .collect();
+            if !dir.join("tokenizer.json").is_file() {
+                named.extend(legacy::named_special_tokens(dir, settings)?);
+            }
+            decoder_special_ids.extend(named.iter().filter_map(|t| encoder.token_to_id(t)));
+        } else if let Some(d) = decoder_dir.as_deref() {
+            if !d.join("tokenizer.json").is_file() {
+                let named = legacy::named_special_tokens(d, &TokenizerSettings::default())?;
+                let dec = decoder.as_ref().expect("decoder loaded from decoder_dir");
+                decoder_special_ids.extend(named.iter().filter_map(|t| dec.token_to_id(t)));
+            }
         }
         Ok(Self {
             encoder,
