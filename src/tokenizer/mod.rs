@@ -77,13 +77,18 @@ fn set_bert_lowercase(normalizer: &mut serde_json::Value, lower: bool) -> bool {
             normalizer["lowercase"] = serde_json::Value::Bool(lower);
             true
         }
-        Some("Sequence") => normalizer["normalizers"]
-            .as_array_mut()
-            .map(|all| {
-                all.iter_mut()
-                    .fold(false, |found, n| set_bert_lowercase(n, lower) || found)
-            })
-            .unwrap_or(false),
+        Some("Sequence") => {
+            let mut found = false;
+            for n in normalizer["normalizers"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                // Every BERT normalizer of the sequence, not just the first.
+                found |= set_bert_lowercase(n, lower);
+            }
+            found
+        }
         _ => false,
     }
 }
@@ -141,25 +146,26 @@ impl Tokenizers {
             decoder_dir.as_deref().unwrap_or(dir),
             decoder.as_ref().unwrap_or(&encoder),
         )?;
-        if decoder.is_none() {
-            // Tokens named special by the settings are skipped too (transformers'
-            // `all_special_ids` holds the `from_pretrained` overrides), and so are the
-            // class defaults of a tokenizer built from legacy files.
-            let mut named: Vec<String> = settings
-                .special_tokens()
-                .into_iter()
-                .map(|(_, t)| t.to_string())
-                .collect();
-            if !dir.join("tokenizer.json").is_file() {
-                named.extend(legacy::named_special_tokens(dir, settings)?);
+        match (&decoder, decoder_dir.as_deref()) {
+            (None, _) => {
+                // Tokens named special by the settings are skipped too (transformers'
+                // `all_special_ids` holds the `from_pretrained` overrides), and so are the
+                // class defaults of a tokenizer built from legacy files.
+                let mut named: Vec<String> = settings
+                    .special_tokens()
+                    .into_iter()
+                    .map(|(_, t)| t.to_string())
+                    .collect();
+                if !dir.join("tokenizer.json").is_file() {
+                    named.extend(legacy::named_special_tokens(dir, settings)?);
+                }
+                decoder_special_ids.extend(named.iter().filter_map(|t| encoder.token_to_id(t)));
             }
-            decoder_special_ids.extend(named.iter().filter_map(|t| encoder.token_to_id(t)));
-        } else if let Some(d) = decoder_dir.as_deref() {
-            if !d.join("tokenizer.json").is_file() {
+            (Some(dec), Some(d)) if !d.join("tokenizer.json").is_file() => {
                 let named = legacy::named_special_tokens(d, &TokenizerSettings::default())?;
-                let dec = decoder.as_ref().expect("decoder loaded from decoder_dir");
                 decoder_special_ids.extend(named.iter().filter_map(|t| dec.token_to_id(t)));
             }
+            _ => {}
         }
         Ok(Self {
             encoder,
