@@ -323,3 +323,25 @@ fn spiece_special_tokens_are_skipped_when_decoding() {
         case["output_text"].as_str().unwrap()
     );
 }
+
+#[test]
+fn settings_on_a_tokenizer_json_checkpoint() {
+    // transformers 5 applies the same kwargs to a checkpoint shipping tokenizer.json:
+    // cls/sep replace the template's, do_lower_case the normalizer's, new tokens are added.
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    for case in expected()["tokenizer_json"].as_array().unwrap() {
+        let mut settings = TokenizerSettings::default();
+        for (k, v) in case["kwargs"].as_object().unwrap() {
+            let v = v.as_str().map(str::to_string).unwrap_or(v.to_string());
+            settings.set(&format!("{k}={v}")).unwrap();
+        }
+        let dir = models.join(case["model"].as_str().unwrap());
+        let tok = encdec::tokenizer::Tokenizers::load(&dir, None, 512, &settings).unwrap();
+        let texts = case["texts"].as_array().unwrap();
+        for (text, want) in texts.iter().zip(case["input_ids"].as_array().unwrap()) {
+            let text = text.as_str().unwrap();
+            let got = tok.encode(text, None).unwrap();
+            assert_eq!(got, ids(want), "{} {settings:?} {text:?}", case["model"]);
+        }
+    }
+}

@@ -3,15 +3,14 @@
 //! BERT2GPT2-style models decode with a second tokenizer.
 
 pub mod legacy;
+mod serialized;
 pub mod settings;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use tokenizers::{
-    AddedToken, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 pub use settings::TokenizerSettings;
 
@@ -29,7 +28,7 @@ pub fn load_tokenizer_with(dir: &Path, settings: &TokenizerSettings) -> Result<T
         let tok = Tokenizer::from_file(&json)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("loading {}", json.display()))?;
-        apply_to_serialized(tok, settings)
+        serialized::apply_settings(tok, settings)
             .with_context(|| format!("applying the tokenizer settings to {}", json.display()))?
     } else {
         legacy::from_legacy_files_with(dir, settings)
@@ -44,53 +43,6 @@ pub fn load_tokenizer_with(dir: &Path, settings: &TokenizerSettings) -> Result<T
     tok.with_padding(None);
     tok.with_truncation(None).map_err(anyhow::Error::msg)?;
     Ok(tok)
-}
-
-/// Settings on a `tokenizer.json`: named tokens become special added tokens (new ids
-/// after the vocabulary when missing from it, as transformers adds them), and
-/// `do_lower_case` sets the lower-casing of its BERT normalizer.
-fn apply_to_serialized(mut tok: Tokenizer, settings: &TokenizerSettings) -> Result<Tokenizer> {
-    if let Some(lower) = settings.do_lower_case {
-        let mut value: serde_json::Value =
-            serde_json::from_str(&tok.to_string(false).map_err(anyhow::Error::msg)?)?;
-        if !set_bert_lowercase(&mut value["normalizer"], lower) {
-            anyhow::bail!("do_lower_case: this tokenizer.json has no BERT normalizer to set");
-        }
-        tok = value
-            .to_string()
-            .parse::<Tokenizer>()
-            .map_err(anyhow::Error::msg)?;
-    }
-    let specials: Vec<AddedToken> = settings
-        .special_tokens()
-        .into_iter()
-        .map(|(_, t)| AddedToken::from(t, true).normalized(false))
-        .collect();
-    tok.add_special_tokens(&specials);
-    Ok(tok)
-}
-
-/// Sets `lowercase` on a `BertNormalizer`, alone or inside a `Sequence`; false if none.
-fn set_bert_lowercase(normalizer: &mut serde_json::Value, lower: bool) -> bool {
-    match normalizer["type"].as_str() {
-        Some("BertNormalizer") => {
-            normalizer["lowercase"] = serde_json::Value::Bool(lower);
-            true
-        }
-        Some("Sequence") => {
-            let mut found = false;
-            for n in normalizer["normalizers"]
-                .as_array_mut()
-                .into_iter()
-                .flatten()
-            {
-                // Every BERT normalizer of the sequence, not just the first.
-                found |= set_bert_lowercase(n, lower);
-            }
-            found
-        }
-        _ => false,
-    }
 }
 
 /// The encoder's and the decoder's tokenizer.
