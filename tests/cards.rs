@@ -345,3 +345,22 @@ fn settings_on_a_tokenizer_json_checkpoint() {
         }
     }
 }
+
+#[test]
+fn bad_tokenizer_settings_are_named_in_the_error() {
+    let base = "[[models]]\nname = \"m\"\nsource = \"x\"\n[models.tokenizer]\n";
+    let err = Config::from_toml_str(&format!("{base}eos = \"</s>\"\n")).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("models[0].tokenizer") && err.contains("eos"),
+        "{err}"
+    );
+    let err = Config::from_toml_str(&format!("{base}add_special_tokens = \"no\"\n")).unwrap_err();
+    assert!(format!("{err:#}").contains("add_special_tokens"), "{err:#}");
+    let config = Config::from_toml_str(&format!("{base}bos_token = \"\"\n")).unwrap();
+    let err = config.validate().unwrap_err();
+    assert!(
+        format!("{err:#}").contains("models[0].tokenizer.bos_token"),
+        "{err:#}"
+    );
+}
