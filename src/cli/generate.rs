@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::flags::{parse_dtype, GenerationFlags};
+use super::flags::{parse_dtype, GenerationFlags, TokenizerFlags};
 use crate::engine::{Engine, EngineOptions};
 use crate::generation::{GenerationOverrides, StepObserver};
 
@@ -33,6 +33,8 @@ pub struct Args {
     pub device: String,
     #[command(flatten)]
     pub generation: GenerationFlags,
+    #[command(flatten)]
+    pub tokenizer: TokenizerFlags,
     #[arg(long)]
     pub num_return_sequences: Option<usize>,
     /// Print load and per-batch generation times (JSON lines) on stderr.
@@ -56,6 +58,7 @@ pub fn run(args: Args) -> Result<()> {
         dtype: parse_dtype(&args.dtype)?,
         device: super::eval::parse_device(&args.device)?,
         decoder_tokenizer: args.decoder_tokenizer.clone(),
+        tokenizer: args.tokenizer.settings()?,
     };
     let load_started = std::time::Instant::now();
     let engine = Engine::load(&args.model, &opts)?;

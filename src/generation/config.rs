@@ -176,7 +176,12 @@ impl GenerationConfig {
         };
         let max_length = match num("max_new_tokens") {
             Some(n) => n.saturating_add(DECODER_PROMPT_LEN),
-            None => num("max_length").unwrap_or(20),
+            // transformers 5 treats its default max_length (20, set or not) as 20 new
+            // tokens after the prompt (`_prepare_generated_length`).
+            None => match num("max_length") {
+                None | Some(20) => 20 + DECODER_PROMPT_LEN,
+                Some(n) => n,
+            },
         };
         Ok(Self {
             decoder_start_token_id,

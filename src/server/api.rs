@@ -375,6 +375,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
                 max_input_tokens: m.max_input_tokens,
                 max_length: m.max_length,
                 defaults: serde_json::to_value(&m.defaults).unwrap_or_default(),
+                tokenizer: c.tokenizer.clone(),
                 preprocess: c.preprocess.clone(),
                 postprocess: c.postprocess.clone(),
                 load_seconds: m.load_seconds,

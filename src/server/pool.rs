@@ -72,14 +72,16 @@ pub fn load_model(index: usize, mc: &ModelConfig, limits: &Limits) -> Result<Loa
             device,
             dtype,
             decoder_tokenizer: mc.decoder_tokenizer.clone(),
+            tokenizer: mc.tokenizer.clone(),
         },
     )
     .with_context(|| format!("{at}: loading {}", dir.display()))?;
+    let max_length = engine.config().decoder.max_input_tokens();
+    let generation = with_task_length(mc, &dir, limits, max_length)?;
     let defaults = engine
         .defaults()
-        .with_overrides(&mc.generation)
+        .with_overrides(&generation)
         .map_err(|e| anyhow::anyhow!("{at}.generation: {e}"))?;
-    let max_length = engine.config().decoder.max_input_tokens();
     check_limits(&defaults, limits, max_length)
         .map_err(|e| anyhow::anyhow!("{at}.generation (or the checkpoint's defaults): {e}"))?;
     let max_input_tokens = engine
@@ -122,6 +124,62 @@ pub enum LimitExceeded {
         num_return_sequences: usize,
         limit: usize,
     },
+}
+
+/// The model's `generation` settings, with its tasks' default `max_new_tokens`
+/// ([`Task::default_max_new_tokens`], the largest of those it serves) when neither they
+/// nor the checkpoint set a length; kept within the server limit and the decoder's
+/// positions.
+fn with_task_length(
+    mc: &ModelConfig,
+    dir: &std::path::Path,
+    limits: &Limits,
+    max_length: usize,
+) -> Result<GenerationOverrides> {
+    let mut generation = mc.generation.clone();
+    if generation.max_length.is_some() || generation.max_new_tokens.is_some() {
+        return Ok(generation);
+    }
+    let Some(task_default) = mc
+        .tasks
+        .iter()
+        .filter_map(|t| t.default_max_new_tokens())
+        .max()
+    else {
+        return Ok(generation);
+    };
+    if checkpoint_sets_length(dir)? {
+        return Ok(generation);
+    }
+    let n = task_default
+        .min(limits.max_new_tokens)
+        .min(max_length.saturating_sub(1));
+    if n > 0 {
+        generation.max_new_tokens = Some(n);
+    }
+    Ok(generation)
+}
+
+/// Whether generation_config.json or config.json (top level) sets `max_length` or
+/// `max_new_tokens`.
+fn checkpoint_sets_length(dir: &std::path::Path) -> Result<bool> {
+    for file in ["generation_config.json", "config.json"] {
+        let path = dir.join(file);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if ["max_length", "max_new_tokens"]
+            .iter()
+            .any(|k| value.get(k).is_some_and(|v| !v.is_null()))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether resolved parameters are within the server's limits and the decoder's positions.

@@ -161,6 +161,8 @@ pub struct ModelInfo {
     /// Generation defaults (checkpoint, then config).
     #[schema(value_type = Object)]
     pub defaults: serde_json::Value,
+    /// `[models.tokenizer]`: the tokenizer keyword arguments in effect.
+    pub tokenizer: crate::tokenizer::TokenizerSettings,
     pub preprocess: Preprocess,
     pub postprocess: Postprocess,
     pub load_seconds: f64,
