@@ -204,7 +204,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::cpu::reference;
+    use crate::model::kernels::cpu::reference;
 
     #[test]
     fn matches_the_gemm_formulation() {

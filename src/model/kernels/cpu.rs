@@ -1,6 +1,6 @@
 //! Small helpers for the hand-written CPU kernels.
 
-use candle_core::{Result, Storage, Tensor};
+use candle_core::{DType, Result, Storage, Tensor};
 
 /// Borrowed f32 data of a contiguous CPU tensor.
 pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
@@ -10,6 +10,12 @@ pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<
     };
     let data = &cpu.as_slice::<f32>()?[layout.start_offset()..][..t.elem_count()];
     f(data)
+}
+
+/// Whether the kernels can take these tensors: contiguous f32 on the CPU.
+pub fn is_cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
 }
 
 /// Dot product with eight partial sums, which the compiler vectorises (AVX2 with the
