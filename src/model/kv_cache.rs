@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor};
 
 use super::attention::attention;
 use super::kernels::cpu::{is_cpu_f32, with_slice};
+use super::kernels::dispatch::Kernels;
 use super::kernels::small_attention;
 
 /// One decoder layer's self-attention cache.
@@ -187,6 +188,7 @@ impl SlotCache {
     /// Attention of `q` (`[rows, heads, head_dim]`) over every row's own history.
     fn attend(&self, q: &[f32], scale: f32) -> Vec<f32> {
         let d = self.head_dim;
+        let kernels = Kernels::chosen();
         let mut out = vec![0f32; q.len()];
         out.par_chunks_mut(d).enumerate().for_each(|(rh, out)| {
             let (row, head) = (rh / self.heads, rh % self.heads);
@@ -194,6 +196,7 @@ impl SlotCache {
             let mut scores = vec![0f32; ancestry.len()];
             let at = |p: usize| self.offset(ancestry[p] as usize, head, p);
             small_attention::attend_row(
+                kernels,
                 &q[rh * d..][..d],
                 |p| &self.k[at(p)..][..d],
                 |p| &self.v[at(p)..][..d],

@@ -14,10 +14,15 @@ pub(crate) mod kernels;
 pub mod kv_cache;
 pub mod linear;
 
+pub use kernels::dispatch::{kernel_choice, CpuFeatures, KernelChoice, KernelSet, KERNELS_ENV};
+
 /// The kernels the benchmarks time directly (not a stable API).
 #[doc(hidden)]
 pub mod bench {
-    pub use super::kernels::cross_attention::{attention as cross_attention, pack_keys};
+    pub use super::kernels::cross_attention::{
+        attention as cross_attention, attention_with as cross_attention_with, pack_keys,
+    };
+    pub use super::kernels::dispatch::Kernels;
     pub use super::kernels::packed::PackedWeight;
     pub use super::kernels::small_attention::attention as small_attention;
 }
@@ -130,6 +135,8 @@ impl EncoderDecoderModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        // Decide (and log) the CPU kernels before the first weight is packed.
+        let _ = kernel_choice();
         let tied_base = config
             .tie_encoder_decoder
             .then(|| config.decoder.family.decoder_base());
