@@ -65,7 +65,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.timings {
         eprintln!(
             "{}",
-            json!({"load_seconds": load_started.elapsed().as_secs_f64()})
+            json!({
+                "load_seconds": load_started.elapsed().as_secs_f64(),
+                "cpu_kernels": crate::model::kernel_choice(),
+            })
         );
     }
     let cfg = engine
