@@ -1014,6 +1014,12 @@ fn info_shows_no_filesystem_paths() {
     // Local checkpoints are shown by their directory's name.
     assert_eq!(info["models"][0]["source"], "bert2bert");
     assert_eq!(info["models"][4]["source"], "bertgeneration2bertgeneration");
+    // The CPU kernel set chosen at start, one this CPU supports.
+    let kernels = &info["cpu_kernels"];
+    let set = kernels["kernels"].as_str().unwrap();
+    assert!(["portable", "avx2", "avx512"].contains(&set), "{kernels}");
+    let order = |s: &str| ["portable", "avx2", "avx512"].iter().position(|k| *k == s);
+    assert!(order(set) <= order(kernels["best_supported"].as_str().unwrap()));
 }
 
 #[test]

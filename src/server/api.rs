@@ -388,6 +388,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
         models,
         limits: state.config.limits.clone(),
         batching: state.config.batching.clone(),
+        cpu_kernels: crate::model::kernel_choice(),
     })
 }
 

@@ -175,4 +175,7 @@ pub struct Info {
     pub models: Vec<ModelInfo>,
     pub limits: Limits,
     pub batching: Batching,
+    /// The CPU kernel set in use and the CPU features it was chosen from.
+    #[schema(value_type = Object)]
+    pub cpu_kernels: &'static crate::model::KernelChoice,
 }
