@@ -16,16 +16,38 @@ pub enum Family {
 }
 
 impl Family {
+    pub const ALL: [Family; 4] = [
+        Family::Bert,
+        Family::Roberta,
+        Family::BertGeneration,
+        Family::Gpt2,
+    ];
+
+    /// transformers' `model_type` of the family: the one table both directions use.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::BertGeneration => "bert-generation",
+            Family::Gpt2 => "gpt2",
+        }
+    }
+
+    /// The family whose `model_type` (as in `config.json`) this is.
     pub fn from_model_type(model_type: &str) -> Result<Self> {
-        Ok(match model_type {
-            "bert" => Family::Bert,
-            "roberta" => Family::Roberta,
-            "bert-generation" => Family::BertGeneration,
-            "gpt2" => Family::Gpt2,
-            other => bail!(
-                "unsupported model_type `{other}` (supported: bert, roberta, bert-generation, gpt2)"
-            ),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|f| f.model_type() == model_type)
+            .with_context(|| {
+                format!(
+                    "unsupported model_type `{model_type}` (supported: {})",
+                    Self::supported()
+                )
+            })
+    }
+
+    fn supported() -> String {
+        Self::ALL.map(Family::model_type).join(", ")
     }
 
     /// Attribute name of the base model inside a `*LMHeadModel` / `*ForCausalLM` decoder.
@@ -35,6 +57,28 @@ impl Family {
             Family::Roberta => "roberta",
             Family::Gpt2 => "transformer",
         }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.model_type())
+    }
+}
+
+/// A family as a user types it (`random:FAMILY`): its `model_type`, any case, with `_`
+/// for `-` and the spellings `bertgeneration`, `bertgen`, `gpt-2` also accepted.
+impl std::str::FromStr for Family {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.to_ascii_lowercase().replace('_', "-");
+        let s = match s.as_str() {
+            "bertgeneration" | "bertgen" => "bert-generation",
+            "gpt-2" => "gpt2",
+            other => other,
+        };
+        Self::from_model_type(s)
+            .map_err(|_| anyhow::anyhow!("unknown family `{s}` (expected {})", Self::supported()))
     }
 }
 

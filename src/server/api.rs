@@ -20,7 +20,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use super::batcher::{CancelReason, Sequence, SequenceError, SubmitError, Ticket};
 use super::config::{Batching, LanguagePair, Limits, Postprocess, Preprocess, Task};
 use super::error::{ApiError, ErrorBody, ErrorKind};
-use super::pool::{check_limits, family_name, Model};
+use super::pool::{check_limits, Model};
 use super::AppState;
 use crate::generation::GenerationOverrides;
 
@@ -709,8 +709,8 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
                 revision: c.revision.clone(),
                 tasks: c.tasks.clone(),
                 translation: c.translation.clone(),
-                encoder: family_name(ec.encoder.family).into(),
-                decoder: family_name(ec.decoder.family).into(),
+                encoder: ec.encoder.family.model_type().into(),
+                decoder: ec.decoder.family.model_type().into(),
                 device: c.device.clone(),
                 dtype: c.dtype.clone(),
                 replicas: c.replicas,
