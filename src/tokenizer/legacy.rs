@@ -234,6 +234,7 @@ fn build_wordpiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
 
     let mut tok: Impl = TokenizerImpl::new(ModelWrapper::from(model));
     tok.with_normalizer(Some(NormalizerWrapper::from(normalizer)))
+        .map_err(|e| anyhow!("normalizer: {e}"))?
         .with_pre_tokenizer(Some(PreTokenizerWrapper::from(BertPreTokenizer)))
         .with_post_processor(Some(PostProcessorWrapper::from(post)))
         .with_decoder(Some(DecoderWrapper::from(WordPieceDecoder::new(
@@ -467,6 +468,7 @@ fn build_sentencepiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
 
     let mut tok: Impl = TokenizerImpl::new(ModelWrapper::from(model));
     tok.with_normalizer(Some(NormalizerWrapper::from(Sequence::new(norms))))
+        .map_err(|e| anyhow!("normalizer: {e}"))?
         .with_pre_tokenizer(Some(PreTokenizerWrapper::from(metaspace.clone())))
         .with_decoder(Some(DecoderWrapper::from(metaspace)));
 
@@ -576,7 +578,8 @@ fn register_added_tokens(
     known.extend(new);
 
     let list: Vec<AddedToken> = known.iter().map(|(_, t)| t.clone()).collect();
-    tok.add_tokens(&list);
+    tok.add_tokens(list)
+        .map_err(|e| anyhow!("adding special tokens: {e}"))?;
     for (want, t) in &known {
         if let Some(want) = want {
             let got = tok.token_to_id(&t.content);
