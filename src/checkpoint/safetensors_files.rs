@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::Metadata;
 
 /// One tensor's place in a safetensors file.
 pub struct Entry {
@@ -42,15 +43,26 @@ impl SafetensorsFiles {
             }
             let mut header = vec![0u8; header_len as usize];
             file.read_exact_at(&mut header, 8)?;
-            let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+            // safetensors' own header type checks that the byte ranges tile the data
+            // and match each shape and dtype.
+            let header: Metadata = serde_json::from_slice(&header)
                 .with_context(|| format!("parsing the safetensors header of {}", path.display()))?;
             let data_start = 8 + header_len;
-            for (name, info) in header {
-                if name == "__metadata__" {
-                    continue;
-                }
-                let entry = parse_entry(&info, index, data_start)
-                    .with_context(|| format!("tensor `{name}` in {}", path.display()))?;
+            for (name, info) in header.tensors() {
+                let dtype = match info.dtype {
+                    // Stored one byte per value, like U8.
+                    safetensors::Dtype::BOOL => DType::U8,
+                    other => DType::try_from(other)
+                        .with_context(|| format!("tensor `{name}` in {}", path.display()))?,
+                };
+                let (start, end) = info.data_offsets;
+                let entry = Entry {
+                    file: index,
+                    dtype,
+                    shape: info.shape.clone(),
+                    start: data_start + start as u64,
+                    end: data_start + end as u64,
+                };
                 if entry.end > file_len {
                     bail!("{} is truncated (tensor `{name}`)", path.display());
                 }
@@ -75,45 +87,4 @@ impl SafetensorsFiles {
             &Device::Cpu,
         )?)
     }
-}
-
-fn parse_entry(info: &serde_json::Value, file: usize, data_start: u64) -> Result<Entry> {
-    let dtype = match info["dtype"].as_str().context("no dtype")? {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "F64" => DType::F64,
-        "I64" => DType::I64,
-        "I32" => DType::I32,
-        "I16" => DType::I16,
-        "U32" => DType::U32,
-        "U8" | "BOOL" => DType::U8,
-        other => bail!("unsupported dtype {other}"),
-    };
-    let shape: Vec<usize> = info["shape"]
-        .as_array()
-        .context("no shape")?
-        .iter()
-        .map(|d| d.as_u64().map(|d| d as usize))
-        .collect::<Option<_>>()
-        .context("bad shape")?;
-    let offsets = info["data_offsets"].as_array().context("no data_offsets")?;
-    let (start, end) = match offsets.as_slice() {
-        [a, b] => (
-            a.as_u64().context("bad offset")?,
-            b.as_u64().context("bad offset")?,
-        ),
-        _ => bail!("bad data_offsets"),
-    };
-    let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
-    if end < start || (end - start) as usize != expected {
-        bail!("data_offsets don't match shape {shape:?} and dtype {dtype:?}");
-    }
-    Ok(Entry {
-        file,
-        dtype,
-        shape,
-        start: data_start + start,
-        end: data_start + end,
-    })
 }

@@ -1,7 +1,5 @@
 //! Flags shared by the subcommands that run the engine.
 
-use anyhow::Result;
-
 use crate::generation::{EarlyStopping, GenerationOverrides};
 
 /// Generation parameters; unset ones keep the checkpoint's defaults.
@@ -49,12 +47,4 @@ impl GenerationFlags {
     }
 }
 
-/// The dtype named on the command line.
-pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
-    Ok(match name {
-        "f32" | "float32" => candle_core::DType::F32,
-        "f16" | "float16" => candle_core::DType::F16,
-        "bf16" | "bfloat16" => candle_core::DType::BF16,
-        other => anyhow::bail!("unsupported dtype `{other}` (use f32, f16 or bf16)"),
-    })
-}
+pub use crate::checkpoint::dtype::parse as parse_dtype;

@@ -490,12 +490,7 @@ pub fn compose(opts: &Options) -> Result<Composition> {
             }
         },
     };
-    let dtype_name = match dtype {
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        DType::F64 => "float64",
-        _ => "float32",
-    };
+    let dtype_name = crate::checkpoint::dtype::torch_name(dtype);
     set(&mut config, "dtype", json!(dtype_name));
 
     let enc_tok = enc_i.map(|i| loaded[i].clone());
