@@ -4,4 +4,5 @@ pub mod config;
 pub mod dtype;
 pub mod legacy_pth;
 mod safetensors_files;
+pub mod special_tokens;
 pub mod weights;
