@@ -231,10 +231,7 @@ impl Checkpoint {
             bail!("checkpoint directory {} does not exist", dir.display());
         }
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?;
-        let config: Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let config: Value = crate::checkpoint::config::read_json(&cfg_path)?;
         if config.get("encoder").is_some() || config.get("decoder").is_some() {
             bail!(
                 "{} is already an EncoderDecoderModel; warmstart takes standalone checkpoints \
