@@ -105,7 +105,7 @@ pub fn preset_config(family: Family, size: Size) -> Value {
     let (layers, hidden, heads, inter) = size.dims();
     match family {
         Family::Bert => json!({
-            "model_type": "bert",
+            "model_type": family.model_type(),
             "attention_probs_dropout_prob": 0.1,
             "bos_token_id": null,
             "classifier_dropout": null,
@@ -126,7 +126,7 @@ pub fn preset_config(family: Family, size: Size) -> Value {
             "vocab_size": 30522,
         }),
         Family::Roberta => json!({
-            "model_type": "roberta",
+            "model_type": family.model_type(),
             "attention_probs_dropout_prob": 0.1,
             "bos_token_id": 0,
             "classifier_dropout": null,
@@ -147,7 +147,7 @@ pub fn preset_config(family: Family, size: Size) -> Value {
             "vocab_size": 50265,
         }),
         Family::BertGeneration => json!({
-            "model_type": "bert-generation",
+            "model_type": family.model_type(),
             "attention_probs_dropout_prob": 0.1,
             "bos_token_id": 2,
             "eos_token_id": 1,
@@ -166,7 +166,7 @@ pub fn preset_config(family: Family, size: Size) -> Value {
             "vocab_size": 50358,
         }),
         Family::Gpt2 => json!({
-            "model_type": "gpt2",
+            "model_type": family.model_type(),
             "activation_function": "gelu_new",
             "attn_pdrop": 0.1,
             "bos_token_id": 50256,
