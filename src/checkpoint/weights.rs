@@ -1,8 +1,9 @@
-//! Weight files of a checkpoint (safetensors, sharded safetensors, or a PyTorch `.bin`)
-//! behind one name lookup that knows transformers' aliases: tied encoder/decoder
-//! tensors stored once, and pre-2019 LayerNorm `gamma`/`beta` names.
+//! Weight files of a checkpoint (safetensors, sharded safetensors, or a PyTorch `.bin` in
+//! the zip or the legacy pre-1.6 format) as one name -> tensor map ([`WeightFiles`]), and
+//! behind it the lookup that knows transformers' aliases ([`WeightStore`]): tied
+//! encoder/decoder tensors stored once, and pre-2019 LayerNorm `gamma`/`beta` names.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -10,129 +11,139 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 
+use super::legacy_pth::{self, LegacyPth};
+use super::safetensors_files::SafetensorsFiles;
+
 /// Where the tensors physically come from.
 enum Files {
     Safetensors(SafetensorsFiles),
-    Pickle(candle_core::pickle::PthTensors),
+    /// `torch.save`'s zip format (torch >= 1.6).
+    ZipPickle(candle_core::pickle::PthTensors),
+    /// `torch.save(..., _use_new_zipfile_serialization=False)`.
+    LegacyPickle(LegacyPth),
 }
 
-/// One tensor's place in a safetensors file.
-struct Entry {
-    file: usize,
-    dtype: DType,
-    shape: Vec<usize>,
-    /// Absolute byte range in the file.
-    start: u64,
-    end: u64,
+/// dtype and shape of a stored tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMeta {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
 }
 
-/// safetensors files read tensor by tensor with positioned reads. Unlike a memory map,
-/// pages of the file don't stay resident next to the loaded copy, so peak memory while
-/// loading is the weights plus one tensor, not twice the weights.
-struct SafetensorsFiles {
-    files: Vec<File>,
-    entries: HashMap<String, Entry>,
+/// The tensors of a checkpoint's weight files, by stored name, exactly as stored.
+pub struct WeightFiles {
+    files: Files,
+    tensors: BTreeMap<String, TensorMeta>,
+    paths: Vec<PathBuf>,
 }
 
-impl SafetensorsFiles {
-    fn open(paths: &[PathBuf]) -> Result<Self> {
-        let mut files = Vec::new();
-        let mut entries = HashMap::new();
-        for (index, path) in paths.iter().enumerate() {
-            let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let file_len = file.metadata()?.len();
-            let mut len = [0u8; 8];
-            file.read_exact_at(&mut len, 0)
-                .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-            let header_len = u64::from_le_bytes(len);
-            if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
-                bail!("{} has a corrupt safetensors header", path.display());
-            }
-            let mut header = vec![0u8; header_len as usize];
-            file.read_exact_at(&mut header, 8)?;
-            let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
-                .with_context(|| format!("parsing the safetensors header of {}", path.display()))?;
-            let data_start = 8 + header_len;
-            for (name, info) in header {
-                if name == "__metadata__" {
-                    continue;
+/// The two PyTorch formats, told apart by their first bytes.
+fn open_pytorch(path: &Path) -> Result<Files> {
+    let mut head = [0u8; 16];
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = file.read_at(&mut head, 0)?;
+    let head = &head[..n];
+    if head.starts_with(b"PK\x03\x04") {
+        let pth = candle_core::pickle::PthTensors::new(path, None)
+            .with_context(|| format!("reading PyTorch weights {}", path.display()))?;
+        Ok(Files::ZipPickle(pth))
+    } else if legacy_pth::is_legacy(head) {
+        Ok(Files::LegacyPickle(LegacyPth::open(path)?))
+    } else {
+        bail!(
+            "{} is not a PyTorch checkpoint (neither a zip archive nor a legacy torch.save file)",
+            path.display()
+        )
+    }
+}
+
+impl WeightFiles {
+    /// The weights of checkpoint directory `dir` (see [`find_weight_files`]).
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        Self::open(find_weight_files(dir)?)
+    }
+
+    /// safetensors files (all shards), or one PyTorch `.bin`.
+    pub fn open(paths: Vec<PathBuf>) -> Result<Self> {
+        let first = paths.first().context("no weight files")?;
+        let is_pickle = first.extension().is_some_and(|e| e == "bin");
+        let mut tensors = BTreeMap::new();
+        let files = if is_pickle {
+            let files = open_pytorch(first)?;
+            match &files {
+                Files::ZipPickle(pth) => {
+                    for (name, info) in pth.tensor_infos() {
+                        let shape = info.layout.shape().dims().to_vec();
+                        tensors.insert(
+                            name.clone(),
+                            TensorMeta {
+                                dtype: info.dtype,
+                                shape,
+                            },
+                        );
+                    }
                 }
-                let entry = parse_entry(&info, index, data_start)
-                    .with_context(|| format!("tensor `{name}` in {}", path.display()))?;
-                if entry.end > file_len {
-                    bail!("{} is truncated (tensor `{name}`)", path.display());
+                Files::LegacyPickle(pth) => {
+                    for (name, t) in pth.tensors() {
+                        let meta = TensorMeta {
+                            dtype: t.dtype,
+                            shape: t.shape.clone(),
+                        };
+                        tensors.insert(name.clone(), meta);
+                    }
                 }
-                entries.insert(name, entry);
+                Files::Safetensors(_) => unreachable!("open_pytorch opens PyTorch files"),
             }
-            files.push(file);
+            files
+        } else {
+            let st = SafetensorsFiles::open(&paths)?;
+            for (name, e) in &st.entries {
+                let meta = TensorMeta {
+                    dtype: e.dtype,
+                    shape: e.shape.clone(),
+                };
+                tensors.insert(name.clone(), meta);
+            }
+            Files::Safetensors(st)
+        };
+        Ok(Self {
+            files,
+            tensors,
+            paths,
+        })
+    }
+
+    /// Every stored tensor's dtype and shape, by name.
+    pub fn tensors(&self) -> &BTreeMap<String, TensorMeta> {
+        &self.tensors
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// The files read.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// The tensor stored as `name`, on the CPU, in its stored dtype.
+    pub fn load(&self, name: &str) -> Result<Tensor> {
+        match &self.files {
+            Files::Safetensors(st) => st.load(name),
+            Files::ZipPickle(pth) => pth
+                .get(name)?
+                .with_context(|| format!("tensor `{name}` vanished")),
+            Files::LegacyPickle(pth) => pth.load(name),
         }
-        Ok(Self { files, entries })
     }
-
-    fn load(&self, name: &str) -> Result<Tensor> {
-        let e = self
-            .entries
-            .get(name)
-            .with_context(|| format!("tensor `{name}` vanished"))?;
-        let mut bytes = vec![0u8; (e.end - e.start) as usize];
-        self.files[e.file].read_exact_at(&mut bytes, e.start)?;
-        Ok(Tensor::from_raw_buffer(
-            &bytes,
-            e.dtype,
-            &e.shape,
-            &Device::Cpu,
-        )?)
-    }
-}
-
-fn parse_entry(info: &serde_json::Value, file: usize, data_start: u64) -> Result<Entry> {
-    let dtype = match info["dtype"].as_str().context("no dtype")? {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "F64" => DType::F64,
-        "I64" => DType::I64,
-        "I32" => DType::I32,
-        "I16" => DType::I16,
-        "U32" => DType::U32,
-        "U8" | "BOOL" => DType::U8,
-        other => bail!("unsupported dtype {other}"),
-    };
-    let shape: Vec<usize> = info["shape"]
-        .as_array()
-        .context("no shape")?
-        .iter()
-        .map(|d| d.as_u64().map(|d| d as usize))
-        .collect::<Option<_>>()
-        .context("bad shape")?;
-    let offsets = info["data_offsets"].as_array().context("no data_offsets")?;
-    let (start, end) = match offsets.as_slice() {
-        [a, b] => (
-            a.as_u64().context("bad offset")?,
-            b.as_u64().context("bad offset")?,
-        ),
-        _ => bail!("bad data_offsets"),
-    };
-    let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
-    if end < start || (end - start) as usize != expected {
-        bail!("data_offsets don't match shape {shape:?} and dtype {dtype:?}");
-    }
-    Ok(Entry {
-        file,
-        dtype,
-        shape,
-        start: data_start + start,
-        end: data_start + end,
-    })
 }
 
 /// Weights of one checkpoint, looked up by transformers' parameter names.
 pub struct WeightStore {
-    files: Files,
-    names: HashSet<String>,
+    files: WeightFiles,
     /// `Some(base)` when `tie_encoder_decoder` is set: `encoder.X` may live at `decoder.{base}.X`.
     tied_decoder_base: Option<&'static str>,
-    pub files_used: Vec<PathBuf>,
 }
 
 /// The weight files of `dir`, in transformers' order of preference.
@@ -175,24 +186,15 @@ pub fn find_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 impl WeightStore {
     pub fn open(dir: &Path, tied_decoder_base: Option<&'static str>) -> Result<Self> {
-        let paths = find_weight_files(dir)?;
-        let is_pickle = paths[0].extension().is_some_and(|e| e == "bin");
-        let (files, names) = if is_pickle {
-            let pth = candle_core::pickle::PthTensors::new(&paths[0], None)
-                .with_context(|| format!("reading PyTorch weights {}", paths[0].display()))?;
-            let names = pth.tensor_infos().keys().cloned().collect();
-            (Files::Pickle(pth), names)
-        } else {
-            let st = SafetensorsFiles::open(&paths)?;
-            let names = st.entries.keys().cloned().collect();
-            (Files::Safetensors(st), names)
-        };
         Ok(Self {
-            files,
-            names,
+            files: WeightFiles::open_dir(dir)?,
             tied_decoder_base,
-            files_used: paths,
         })
+    }
+
+    /// The files the weights come from.
+    pub fn files_used(&self) -> &[PathBuf] {
+        self.files.paths()
     }
 
     /// Every name under which `name` may be stored, most specific first.
@@ -226,7 +228,7 @@ impl WeightStore {
     fn resolve(&self, name: &str) -> Option<String> {
         self.candidates(name)
             .into_iter()
-            .find(|c| self.names.contains(c))
+            .find(|c| self.files.contains(c))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -234,14 +236,9 @@ impl WeightStore {
     }
 
     fn load_raw(&self, stored: &str) -> candle_core::Result<Tensor> {
-        match &self.files {
-            Files::Safetensors(st) => st
-                .load(stored)
-                .map_err(|e| candle_core::Error::Msg(format!("{e:#}"))),
-            Files::Pickle(pth) => pth
-                .get(stored)?
-                .ok_or_else(|| candle_core::Error::Msg(format!("tensor `{stored}` vanished"))),
-        }
+        self.files
+            .load(stored)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
     }
 
     /// The tensor called `name`, checked against `shape` and converted to `dtype` on `device`.

@@ -76,12 +76,4 @@ impl TokenizerFlags {
     }
 }
 
-/// The dtype named on the command line.
-pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
-    Ok(match name {
-        "f32" | "float32" => candle_core::DType::F32,
-        "f16" | "float16" => candle_core::DType::F16,
-        "bf16" | "bfloat16" => candle_core::DType::BF16,
-        other => anyhow::bail!("unsupported dtype `{other}` (use f32, f16 or bf16)"),
-    })
-}
+pub use crate::checkpoint::dtype::parse as parse_dtype;

@@ -5,10 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::checkpoint::config::{
-    bool_field, f64_field, token_field, token_list_field, usize_field, EncoderDecoderConfig,
+    EarlyStoppingField, EncoderDecoderConfig, GenerationFields, TokenIds,
 };
 
 /// `early_stopping`: `true`, `false` or `"never"`, as in transformers.
@@ -131,54 +130,31 @@ impl GenerationConfig {
     /// (legacy) top-level fields; special ids unset in both come from the decoder
     /// sub-config (transformers 5); anything else unset takes transformers' default.
     pub fn from_checkpoint(dir: &Path, config: &EncoderDecoderConfig) -> Result<Self> {
-        let path = dir.join("generation_config.json");
-        let gen: Value = if path.is_file() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-        } else {
-            Value::Null
-        };
-        Self::resolve(&gen, &config.top_level, &config.decoder_raw)
+        let fields = GenerationFields::of_checkpoint(dir, config)?;
+        Self::resolve(fields)
             .with_context(|| format!("resolving generation defaults of {}", dir.display()))
     }
 
-    fn resolve(gen: &Value, top: &Value, decoder: &Value) -> Result<Self> {
-        let set = |key: &str| -> Option<&Value> {
-            [gen, top]
-                .into_iter()
-                .filter_map(|v| v.get(key))
-                .find(|v| !v.is_null())
-        };
-        let special = |key: &str| -> Option<&Value> {
-            set(key).or_else(|| decoder.get(key).filter(|v| !v.is_null()))
-        };
-        let wrap = |key: &str, v: Option<&Value>| v.map(|v| serde_json::json!({ key: v }));
-        let tok = |key: &str| wrap(key, special(key)).and_then(|o| token_field(&o, key));
-        let num = |key: &str| wrap(key, set(key)).and_then(|o| usize_field(&o, key));
-        let float = |key: &str| wrap(key, set(key)).and_then(|o| f64_field(&o, key));
-
-        let eos_token_ids = wrap("eos_token_id", special("eos_token_id"))
-            .and_then(|o| token_list_field(&o, "eos_token_id"))
-            .unwrap_or_default();
-        let bos = tok("bos_token_id");
-        let decoder_start_token_id = tok("decoder_start_token_id").or(bos).context(
+    /// The parameters for `f` (already merged from the checkpoint's files), with
+    /// transformers' default for anything unset.
+    fn resolve(f: GenerationFields) -> Result<Self> {
+        let ids = f.special;
+        let eos_token_ids = ids.eos_token_id.map(TokenIds::into_vec).unwrap_or_default();
+        let decoder_start_token_id = ids.decoder_start_token_id.or(ids.bos_token_id).context(
             "neither decoder_start_token_id nor bos_token_id is set; generation can't start",
         )?;
         // transformers: an unset pad falls back to the first EOS id.
-        let pad_token_id = tok("pad_token_id").or(eos_token_ids.first().copied());
-        let early_stopping = match set("early_stopping") {
+        let pad_token_id = ids.pad_token_id.or(eos_token_ids.first().copied());
+        let early_stopping = match f.early_stopping {
             None => EarlyStopping::Bool(false),
-            Some(Value::String(s)) => s.parse().map_err(anyhow::Error::msg)?,
-            Some(v) => EarlyStopping::Bool(
-                bool_field(&serde_json::json!({ "e": v }), "e").context("bad early_stopping")?,
-            ),
+            Some(EarlyStoppingField::Name(s)) => s.parse().map_err(anyhow::Error::msg)?,
+            Some(EarlyStoppingField::Bool(b)) => EarlyStopping::Bool(b),
         };
-        let max_length = match num("max_new_tokens") {
+        let max_length = match f.max_new_tokens {
             Some(n) => n.saturating_add(DECODER_PROMPT_LEN),
             // transformers 5 treats its default max_length (20, set or not) as 20 new
             // tokens after the prompt (`_prepare_generated_length`).
-            None => match num("max_length") {
+            None => match f.max_length {
                 None | Some(20) => 20 + DECODER_PROMPT_LEN,
                 Some(n) => n,
             },
@@ -188,13 +164,13 @@ impl GenerationConfig {
             eos_token_ids,
             pad_token_id,
             max_length,
-            min_length: num("min_length").unwrap_or(0),
-            num_beams: num("num_beams").unwrap_or(1),
-            length_penalty: float("length_penalty").unwrap_or(1.0) as f32,
+            min_length: f.min_length.unwrap_or(0),
+            num_beams: f.num_beams.unwrap_or(1),
+            length_penalty: f.length_penalty.unwrap_or(1.0) as f32,
             early_stopping,
-            no_repeat_ngram_size: num("no_repeat_ngram_size").unwrap_or(0),
-            repetition_penalty: float("repetition_penalty").unwrap_or(1.0) as f32,
-            num_return_sequences: num("num_return_sequences").unwrap_or(1),
+            no_repeat_ngram_size: f.no_repeat_ngram_size.unwrap_or(0),
+            repetition_penalty: f.repetition_penalty.unwrap_or(1.0) as f32,
+            num_return_sequences: f.num_return_sequences.unwrap_or(1),
         })
     }
 
@@ -269,14 +245,23 @@ impl GenerationConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// What `from_checkpoint` resolves for these generation_config.json, config.json
+    /// top level and decoder sub-config.
+    fn resolve(gen: &Value, top: &Value, dec: &Value) -> Result<GenerationConfig> {
+        let fields = |v: &Value| serde_json::from_value::<GenerationFields>(v.clone()).unwrap();
+        let mut f = fields(gen).or(fields(top));
+        f.special = f.special.or(fields(dec).special);
+        GenerationConfig::resolve(f)
+    }
 
     #[test]
     fn generation_config_wins_and_decoder_fills_special_ids() {
         let gen = json!({"max_length": 32, "decoder_start_token_id": 7});
         let top = json!({"max_length": 99, "num_beams": 4, "eos_token_id": null});
         let dec = json!({"eos_token_id": 50256, "bos_token_id": 50256});
-        let c = GenerationConfig::resolve(&gen, &top, &dec).unwrap();
+        let c = resolve(&gen, &top, &dec).unwrap();
         assert_eq!(c.max_length, 32);
         assert_eq!(c.num_beams, 4);
         assert_eq!(c.decoder_start_token_id, 7);
@@ -286,16 +271,14 @@ mod tests {
 
     #[test]
     fn start_falls_back_to_bos_and_missing_both_is_an_error() {
-        let c =
-            GenerationConfig::resolve(&json!({"bos_token_id": 3}), &json!({}), &json!({})).unwrap();
+        let c = resolve(&json!({"bos_token_id": 3}), &json!({}), &json!({})).unwrap();
         assert_eq!(c.decoder_start_token_id, 3);
-        assert!(GenerationConfig::resolve(&json!({}), &json!({}), &json!({})).is_err());
+        assert!(resolve(&json!({}), &json!({}), &json!({})).is_err());
     }
 
     #[test]
     fn overrides_validate() {
-        let base =
-            GenerationConfig::resolve(&json!({"bos_token_id": 3}), &json!({}), &json!({})).unwrap();
+        let base = resolve(&json!({"bos_token_id": 3}), &json!({}), &json!({})).unwrap();
         let o = GenerationOverrides {
             max_new_tokens: Some(5),
             max_length: Some(100),

@@ -20,7 +20,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use super::config::Task;
 use super::error::{ApiError, ErrorBody, ErrorKind};
 use super::infer::{infer, InferRequest, Inference};
-use super::pool::{family_name, Model, Pool};
+use super::pool::{Model, Pool};
 use super::types::{
     GenerateRequest, GeneratedText, GenerationResponse, Info, Inputs, ModelInfo, Output, Status,
     TaskRequest, Timings, TranslateRequest,
@@ -367,8 +367,8 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
                 revision: c.revision.clone(),
                 tasks: c.tasks.clone(),
                 translation: c.translation.clone(),
-                encoder: family_name(ec.encoder.family).into(),
-                decoder: family_name(ec.decoder.family).into(),
+                encoder: ec.encoder.family.model_type().into(),
+                decoder: ec.decoder.family.model_type().into(),
                 device: c.device.clone(),
                 dtype: c.dtype.clone(),
                 replicas: c.replicas,

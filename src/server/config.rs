@@ -542,15 +542,7 @@ impl Config {
     }
 }
 
-/// `f32`, `f16` or `bf16` (also `float32`, `float16`, `bfloat16`).
-pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
-    Ok(match name {
-        "f32" | "float32" => candle_core::DType::F32,
-        "f16" | "float16" => candle_core::DType::F16,
-        "bf16" | "bfloat16" => candle_core::DType::BF16,
-        other => bail!("unsupported dtype `{other}` (f32, f16 or bf16)"),
-    })
-}
+pub use crate::checkpoint::dtype::parse as parse_dtype;
 
 /// A TOML value when `s` is one (`10`, `true`, `[1, 2]`, `"x"`), else the string itself.
 fn parse_value(s: &str) -> toml::Value {

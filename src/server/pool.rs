@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use super::batcher::ModelQueue;
 use super::config::{parse_dtype, DeviceSpec, Limits, ModelConfig, Task};
 use super::error::{echo, ApiError, ErrorKind};
-use crate::checkpoint::config::Family;
 use crate::engine::{Engine, EngineOptions};
 use crate::generation::{GenerationConfig, GenerationOverrides, NoObserver, Outcome};
 
@@ -39,15 +38,6 @@ impl std::ops::Deref for Model {
     type Target = LoadedModel;
     fn deref(&self) -> &LoadedModel {
         &self.loaded
-    }
-}
-
-pub fn family_name(f: Family) -> &'static str {
-    match f {
-        Family::Bert => "bert",
-        Family::Roberta => "roberta",
-        Family::BertGeneration => "bert-generation",
-        Family::Gpt2 => "gpt2",
     }
 }
 

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::checkpoint::special_tokens::{self, token_content};
 use serde_json::{Map, Value};
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::decoders::DecoderWrapper;
@@ -107,14 +109,9 @@ struct TokConfig {
 
 impl TokConfig {
     fn load(dir: &Path, settings: &TokenizerSettings) -> Result<Self> {
-        let mut map = read_json_object(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
         // special_tokens_map.json overrides the special tokens of tokenizer_config.json,
         // as in transformers' `from_pretrained`.
-        if let Some(stm) = read_json_object(&dir.join("special_tokens_map.json"))? {
-            for (k, v) in stm {
-                map.insert(k, v);
-            }
-        }
+        let mut map = special_tokens::merged(dir)?;
         // AutoTokenizer falls back to config.json's `tokenizer_class`.
         if !map.contains_key("tokenizer_class") {
             if let Some(class) = config_tokenizer_class(dir)? {
@@ -167,29 +164,6 @@ impl TokConfig {
             }
         }
         out
-    }
-}
-
-/// A token as written in the config files: a plain string or an `AddedToken` object.
-fn token_content(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_owned),
-        _ => None,
-    }
-}
-
-fn read_json_object(path: &Path) -> Result<Option<Map<String, Value>>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    match serde_json::from_str::<Value>(&text)
-        .with_context(|| format!("parsing {}", path.display()))?
-    {
-        Value::Object(m) => Ok(Some(m)),
-        _ => bail!("{} is not a JSON object", path.display()),
     }
 }
 
@@ -257,6 +231,7 @@ fn build_wordpiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
 
     let mut tok: Impl = TokenizerImpl::new(ModelWrapper::from(model));
     tok.with_normalizer(Some(NormalizerWrapper::from(normalizer)))
+        .map_err(|e| anyhow!("normalizer: {e}"))?
         .with_pre_tokenizer(Some(PreTokenizerWrapper::from(BertPreTokenizer)))
         .with_decoder(Some(DecoderWrapper::from(WordPieceDecoder::new(
             "##".into(),
@@ -521,6 +496,7 @@ fn build_sentencepiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
 
     let mut tok: Impl = TokenizerImpl::new(ModelWrapper::from(model));
     tok.with_normalizer(Some(NormalizerWrapper::from(Sequence::new(norms))))
+        .map_err(|e| anyhow!("normalizer: {e}"))?
         .with_pre_tokenizer(Some(PreTokenizerWrapper::from(metaspace.clone())))
         .with_decoder(Some(DecoderWrapper::from(metaspace)));
 
@@ -623,7 +599,7 @@ fn register_added_tokens(
 
     let mut extra: Vec<(u32, AddedToken)> = Vec::new();
     // added_tokens.json: {content: id}
-    if let Some(map) = read_json_object(&dir.join("added_tokens.json"))? {
+    if let Some(map) = special_tokens::read_object(&dir.join("added_tokens.json"))? {
         for (content, id) in map {
             let Some(id) = id.as_u64().and_then(|i| u32::try_from(i).ok()) else {
                 bail!("added_tokens.json: bad id for {content:?}");
@@ -689,7 +665,8 @@ fn register_added_tokens(
     known.extend(new);
 
     let list: Vec<AddedToken> = known.iter().map(|(_, t)| t.clone()).collect();
-    tok.add_tokens(&list);
+    tok.add_tokens(list)
+        .map_err(|e| anyhow!("adding special tokens: {e}"))?;
     for (want, t) in &known {
         if let Some(want) = want {
             let got = tok.token_to_id(&t.content);

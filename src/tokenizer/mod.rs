@@ -190,19 +190,8 @@ impl Tokenizers {
 /// `tokenizer_config.json`, then `special_tokens_map.json` (those present in `dir`): the
 /// files transformers reads special tokens from, later ones overriding earlier ones.
 pub fn special_token_configs(dir: &Path) -> Result<Vec<serde_json::Value>> {
-    let mut out = Vec::new();
-    for file in ["tokenizer_config.json", "special_tokens_map.json"] {
-        let path = dir.join(file);
-        if !path.is_file() {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        out.push(
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
-        );
-    }
-    Ok(out)
+    let files = crate::checkpoint::special_tokens::read_files(dir)?;
+    Ok(files.into_iter().map(serde_json::Value::Object).collect())
 }
 
 fn truncation(max_length: usize) -> TruncationParams {
@@ -227,13 +216,7 @@ fn special_ids(dir: &Path, tok: &Tokenizer) -> Result<HashSet<u32>> {
         "cls_token",
         "mask_token",
     ];
-    let content = |v: &serde_json::Value| -> Option<String> {
-        match v {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-            _ => None,
-        }
-    };
+    let content = crate::checkpoint::special_tokens::token_content;
     let mut ids = HashSet::new();
     for v in special_token_configs(dir)? {
         let mut tokens: Vec<String> = NAMED

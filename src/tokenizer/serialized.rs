@@ -16,7 +16,8 @@ pub fn apply_settings(mut tok: Tokenizer, settings: &TokenizerSettings) -> Resul
         .into_iter()
         .map(|(_, t)| AddedToken::from(t, true).normalized(false))
         .collect();
-    tok.add_special_tokens(&specials);
+    tok.add_special_tokens(specials)
+        .map_err(|e| anyhow::anyhow!("adding special tokens: {e}"))?;
     let (cls, sep) = (settings.cls_token.as_deref(), settings.sep_token.as_deref());
     if settings.do_lower_case.is_none() && cls.is_none() && sep.is_none() {
         return Ok(tok);

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::checkpoint::config::{EncoderDecoderConfig, Family, StackConfig};
 pub use plan::{Component, Counts, Origin, ParamSpec, ParamTable, Side};
-use source::{is_buffer_or_alias, model_type, preset_config, Checkpoint};
+use source::{is_buffer_or_alias, preset_config, Checkpoint};
 pub use source::{Size, SourceSpec};
 use tokenizer::{family_specials, has_tokenizer_files, TokInfo, TokSource};
 
@@ -219,11 +219,11 @@ fn check_tie(e: &StackConfig, d: &StackConfig) -> Result<()> {
         bail!(
             "--tie-encoder-decoder needs two stacks of the same family and shape; got encoder {} \
              ({} layers, hidden {}, vocab {}) and decoder {} ({} layers, hidden {}, vocab {})",
-            model_type(e.family),
+            e.family.model_type(),
             e.num_layers,
             e.hidden_size,
             e.vocab_size,
-            model_type(d.family),
+            d.family.model_type(),
             d.num_layers,
             d.hidden_size,
             d.vocab_size
@@ -382,7 +382,7 @@ pub fn compose(opts: &Options) -> Result<Composition> {
         });
         match found {
             Some((side, c, name)) => {
-                let (_, shape) = &c.tensors[&name];
+                let shape = &c.tensors()[&name].shape;
                 if shape != &s.shape {
                     bail!(
                         "{} checkpoint tensor `{name}` has shape {shape:?}, but its config implies \
@@ -417,7 +417,7 @@ pub fn compose(opts: &Options) -> Result<Composition> {
     for (side, src) in [(Side::Encoder, &enc), (Side::Decoder, &dec)] {
         if let Some(c) = src.ckpt() {
             let names: Vec<String> = c
-                .tensors
+                .tensors()
                 .keys()
                 .filter(|n| !used[side as usize].contains(*n) && !is_buffer_or_alias(n))
                 .cloned()
@@ -462,7 +462,7 @@ pub fn compose(opts: &Options) -> Result<Composition> {
             Side::Encoder => enc.ckpt()?,
             Side::Decoder => dec.ckpt()?,
         };
-        Some(c.tensors[n].0)
+        Some(c.tensors()[n].dtype)
     }) {
         if !copied.contains(&d) {
             copied.push(d);
@@ -490,12 +490,7 @@ pub fn compose(opts: &Options) -> Result<Composition> {
             }
         },
     };
-    let dtype_name = match dtype {
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        DType::F64 => "float64",
-        _ => "float32",
-    };
+    let dtype_name = crate::checkpoint::dtype::torch_name(dtype);
     set(&mut config, "dtype", json!(dtype_name));
 
     let enc_tok = enc_i.map(|i| loaded[i].clone());

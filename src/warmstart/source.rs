@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
+use candle_core::Tensor;
 use serde_json::{json, Value};
 
 use crate::checkpoint::config::Family;
-use crate::checkpoint::weights::find_weight_files;
+use crate::checkpoint::weights::{TensorMeta, WeightFiles};
 
 /// Model sizes of the paper's random baselines (and a tiny one for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,27 +56,16 @@ pub enum SourceSpec {
     Random { family: Family, size: Size },
 }
 
-pub fn parse_family(s: &str) -> Result<Family> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "bert" => Family::Bert,
-        "roberta" => Family::Roberta,
-        "bert-generation" | "bert_generation" | "bertgeneration" | "bertgen" => {
-            Family::BertGeneration
-        }
-        "gpt2" | "gpt-2" => Family::Gpt2,
-        other => {
-            bail!("unknown family `{other}` (expected bert, roberta, bert-generation or gpt2)")
-        }
-    })
-}
-
 impl FromStr for SourceSpec {
     type Err = anyhow::Error;
     /// `random:FAMILY[:SIZE]` (size defaults to `base`); anything else is a directory.
     fn from_str(s: &str) -> Result<Self> {
         if let Some(rest) = s.strip_prefix("random:") {
             let mut parts = rest.splitn(2, ':');
-            let family = parse_family(parts.next().unwrap_or_default())
+            let family: Family = parts
+                .next()
+                .unwrap_or_default()
+                .parse()
                 .with_context(|| format!("in `{s}`"))?;
             let size = match parts.next() {
                 Some(size) => size.parse().with_context(|| format!("in `{s}`"))?,
@@ -96,7 +85,7 @@ impl std::fmt::Display for SourceSpec {
         match self {
             SourceSpec::Checkpoint(p) => write!(f, "{}", p.display()),
             SourceSpec::Random { family, size } => {
-                write!(f, "random:{}:{}", model_type(*family), size_name(*size))
+                write!(f, "random:{}:{}", family, size_name(*size))
             }
         }
     }
@@ -110,23 +99,13 @@ fn size_name(s: Size) -> &'static str {
     }
 }
 
-/// transformers' `model_type` of a family.
-pub fn model_type(f: Family) -> &'static str {
-    match f {
-        Family::Bert => "bert",
-        Family::Roberta => "roberta",
-        Family::BertGeneration => "bert-generation",
-        Family::Gpt2 => "gpt2",
-    }
-}
-
 /// The family's default config as transformers writes it (the `*Config()` defaults; the
 /// RoBERTa one is `roberta-base`'s), resized to `size`.
 pub fn preset_config(family: Family, size: Size) -> Value {
     let (layers, hidden, heads, inter) = size.dims();
     match family {
         Family::Bert => json!({
-            "model_type": "bert",
+            "model_type": family.model_type(),
             "attention_probs_dropout_prob": 0.1,
             "bos_token_id": null,
             "classifier_dropout": null,
@@ -147,7 +126,7 @@ pub fn preset_config(family: Family, size: Size) -> Value {
             "vocab_size": 30522,
         }),
         Family::Roberta => json!({
-            "model_type": "roberta",
+            "model_type": family.model_type(),
             "attention_probs_dropout_prob": 0.1,
             "bos_token_id": 0,
             "classifier_dropout": null,
@@ -168,7 +147,7 @@ pub fn preset_config(family: Family, size: Size) -> Value {
             "vocab_size": 50265,
         }),
         Family::BertGeneration => json!({
-            "model_type": "bert-generation",
+            "model_type": family.model_type(),
             "attention_probs_dropout_prob": 0.1,
             "bos_token_id": 2,
             "eos_token_id": 1,
@@ -187,7 +166,7 @@ pub fn preset_config(family: Family, size: Size) -> Value {
             "vocab_size": 50358,
         }),
         Family::Gpt2 => json!({
-            "model_type": "gpt2",
+            "model_type": family.model_type(),
             "activation_function": "gelu_new",
             "attn_pdrop": 0.1,
             "bos_token_id": 50256,
@@ -229,19 +208,14 @@ pub enum SourceName {
     Head(Vec<String>),
 }
 
-enum Files {
-    Safetensors(MmapedSafetensors),
-    Pickle(candle_core::pickle::PthTensors),
-}
-
 /// A standalone checkpoint: config, and tensors looked up by name.
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub config: Value,
     pub family: Family,
-    files: Files,
-    /// Stored name → (dtype, shape).
-    pub tensors: BTreeMap<String, (DType, Vec<usize>)>,
+    /// Its weight files, read like an `EncoderDecoderModel`'s (safetensors, zip or
+    /// legacy `.bin`).
+    weights: WeightFiles,
     /// Whether base-model tensors are stored under the family prefix.
     pub prefixed: bool,
 }
@@ -257,10 +231,7 @@ impl Checkpoint {
             bail!("checkpoint directory {} does not exist", dir.display());
         }
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?;
-        let config: Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let config: Value = crate::checkpoint::config::read_json(&cfg_path)?;
         if config.get("encoder").is_some() || config.get("decoder").is_some() {
             bail!(
                 "{} is already an EncoderDecoderModel; warmstart takes standalone checkpoints \
@@ -275,38 +246,14 @@ impl Checkpoint {
         let family =
             Family::from_model_type(mt).with_context(|| format!("in {}", cfg_path.display()))?;
 
-        let paths = find_weight_files(dir)?;
-        let is_pickle = paths[0].extension().is_some_and(|e| e == "bin");
-        let mut tensors = BTreeMap::new();
-        let files = if is_pickle {
-            let pth = candle_core::pickle::PthTensors::new(&paths[0], None)
-                .with_context(|| format!("reading PyTorch weights {}", paths[0].display()))?;
-            for (name, info) in pth.tensor_infos() {
-                tensors.insert(
-                    name.clone(),
-                    (info.dtype, info.layout.shape().dims().to_vec()),
-                );
-            }
-            Files::Pickle(pth)
-        } else {
-            // SAFETY: read-only memory map; the files must not be truncated while we run.
-            let st = unsafe { MmapedSafetensors::multi(&paths) }
-                .with_context(|| format!("reading safetensors {}", paths[0].display()))?;
-            for (name, view) in st.tensors() {
-                let dtype = DType::try_from(view.dtype())
-                    .with_context(|| format!("tensor `{name}` has an unsupported dtype"))?;
-                tensors.insert(name, (dtype, view.shape().to_vec()));
-            }
-            Files::Safetensors(st)
-        };
+        let weights = WeightFiles::open_dir(dir)?;
         let p = format!("{}.", base_prefix(family));
-        let prefixed = tensors.keys().any(|n| n.starts_with(&p));
+        let prefixed = weights.tensors().keys().any(|n| n.starts_with(&p));
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             family,
-            files,
-            tensors,
+            weights,
             prefixed,
         })
     }
@@ -326,7 +273,7 @@ impl Checkpoint {
             SourceName::Head(names) => names.clone(),
         };
         for c in &candidates {
-            if self.tensors.contains_key(c) {
+            if self.weights.contains(c) {
                 return Some(c.clone());
             }
             let legacy = if let Some(stem) = c.strip_suffix("LayerNorm.weight") {
@@ -335,22 +282,21 @@ impl Checkpoint {
                 c.strip_suffix("LayerNorm.bias")
                     .map(|stem| format!("{stem}LayerNorm.beta"))
             };
-            if let Some(l) = legacy.filter(|l| self.tensors.contains_key(l)) {
+            if let Some(l) = legacy.filter(|l| self.weights.contains(l)) {
                 return Some(l);
             }
         }
         None
     }
 
+    /// Stored name -> dtype and shape.
+    pub fn tensors(&self) -> &BTreeMap<String, TensorMeta> {
+        self.weights.tensors()
+    }
+
     /// The stored tensor, exactly as stored (no dtype conversion).
     pub fn load(&self, stored: &str) -> Result<Tensor> {
-        let t = match &self.files {
-            Files::Safetensors(st) => st.load(stored, &Device::Cpu)?,
-            Files::Pickle(pth) => pth
-                .get(stored)?
-                .with_context(|| format!("tensor `{stored}` vanished"))?,
-        };
-        Ok(t)
+        self.weights.load(stored)
     }
 
     /// Short description of the layout: which class saved it.
@@ -366,8 +312,8 @@ impl Checkpoint {
             "base-model names".to_string()
         };
         match arch {
-            Some(a) => format!("{} {a}, {base}", model_type(self.family)),
-            None => format!("{}, {base}", model_type(self.family)),
+            Some(a) => format!("{} {a}, {base}", self.family),
+            None => format!("{}, {base}", self.family),
         }
     }
 }

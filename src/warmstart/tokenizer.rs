@@ -53,9 +53,7 @@ pub struct TokInfo {
 fn content(v: &Value) -> Option<Option<String>> {
     match v {
         Value::Null => Some(None),
-        Value::String(s) => Some(Some(s.clone())),
-        Value::Object(o) => Some(o.get("content")?.as_str().map(str::to_string)),
-        _ => None,
+        v => crate::checkpoint::special_tokens::token_content(v).map(Some),
     }
 }
 
