@@ -126,6 +126,10 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     init_logging(config.server.log_format);
+    for name in crate::server::config::ignored_env_vars(std::env::vars()) {
+        // e.g. Kubernetes service links (ENCDEC_PORT=tcp://…) for a Service named encdec.
+        tracing::debug!(variable = %name, "ignored: not ENCDEC_<SECTION>__<KEY> for a config section");
+    }
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let loaded = crate::server::load(config)?;
     let threads = std::thread::available_parallelism()

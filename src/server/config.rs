@@ -5,8 +5,9 @@
 //! Overrides address a setting by its path in the file: `batching.max_wait_ms`,
 //! `models.0.device` (by index) or `models.summarize.device` (by model name). The
 //! environment spells the same path in upper case with `__` between levels
-//! (`ENCDEC_BATCHING__MAX_WAIT_MS=10`, `ENCDEC_MODELS__SUMMARIZE__DEVICE=cuda:0`); `PORT`
-//! is honoured too (below `ENCDEC_SERVER__PORT`). A value is read as a TOML value
+//! (`ENCDEC_BATCHING__MAX_WAIT_MS=10`, `ENCDEC_MODELS__SUMMARIZE__DEVICE=cuda:0`); other
+//! `ENCDEC_*` names (Kubernetes service links such as `ENCDEC_PORT=tcp://…`) are ignored.
+//! `PORT` is honoured too (below `ENCDEC_SERVER__PORT`). A value is read as a TOML value
 //! (`10`, `true`, `["summarize"]`) and, when it isn't one, as a string.
 
 use std::collections::HashSet;
@@ -336,13 +337,9 @@ impl Config {
                 .context("environment variable PORT")?;
         }
         for (key, value) in &env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+            let Some(path) = env_setting_path(key) else {
                 continue;
             };
-            if key == CONFIG_ENV || rest.is_empty() {
-                continue;
-            }
-            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             set_path(&mut table, &path, parse_value(value))
                 .with_context(|| format!("environment variable {key}"))?;
@@ -538,6 +535,39 @@ pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
     })
 }
 
+/// The top-level tables of [`Config`]: an `ENCDEC_<SECTION>__<KEY>` variable is a
+/// setting only when `<SECTION>` is one of these.
+pub const SECTIONS: [&str; 4] = ["server", "limits", "batching", "models"];
+
+/// The setting path an environment variable names (`ENCDEC_BATCHING__MAX_WAIT_MS` →
+/// `batching.max_wait_ms`), or `None` when it is not a setting. Kubernetes injects
+/// `ENCDEC_PORT=tcp://…`, `ENCDEC_SERVICE_HOST`, `ENCDEC_PORT_80_TCP_ADDR`, … into every
+/// pod when a Service is named `encdec` (service links); those are none of ours, so only
+/// a known section followed by `__` and a key counts.
+pub fn env_setting_path(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let (section, key) = rest.split_once("__")?;
+    let section = section.to_ascii_lowercase();
+    if key.is_empty() || !SECTIONS.contains(&section.as_str()) {
+        return None;
+    }
+    let mut path = vec![section];
+    path.extend(key.split("__").map(|s| s.to_ascii_lowercase()));
+    Some(path)
+}
+
+/// `ENCDEC_*` variables of `env` that are not settings (see [`env_setting_path`]), for a
+/// debug log: they are ignored.
+pub fn ignored_env_vars(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut names: Vec<String> = env
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(ENV_PREFIX) && k != CONFIG_ENV && env_setting_path(k).is_none())
+        .collect();
+    names.sort();
+    names
+}
+
 /// A TOML value when `s` is one (`10`, `true`, `[1, 2]`, `"x"`), else the string itself.
 fn parse_value(s: &str) -> toml::Value {
     format!("v = {s}")
@@ -659,8 +689,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("models[0].tasks"), "{e}");
-        let e = Config::load(None, None, env(&[("ENCDEC_SERVR__PORT", "1")]), &[]).unwrap_err();
-        assert!(format!("{e:#}").contains("servr"), "{e:#}");
+        let e = Config::load(None, None, env(&[("ENCDEC_SERVER__PROT", "1")]), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("prot"), "{e:#}");
+    }
+
+    /// What Kubernetes injects for a Service named `encdec` with a port `http` on 80.
+    const SERVICE_LINKS: [(&str, &str); 8] = [
+        ("ENCDEC_SERVICE_HOST", "10.0.0.1"),
+        ("ENCDEC_SERVICE_PORT", "80"),
+        ("ENCDEC_SERVICE_PORT_HTTP", "80"),
+        ("ENCDEC_PORT", "tcp://10.0.0.1:80"),
+        ("ENCDEC_PORT_80_TCP", "tcp://10.0.0.1:80"),
+        ("ENCDEC_PORT_80_TCP_PROTO", "tcp"),
+        ("ENCDEC_PORT_80_TCP_PORT", "80"),
+        ("ENCDEC_PORT_80_TCP_ADDR", "10.0.0.1"),
+    ];
+
+    #[test]
+    fn service_link_variables_are_not_settings() {
+        let mut vars = env(&SERVICE_LINKS);
+        vars.extend(env(&[
+            ("ENCDEC_SERVR__PORT", "1"),
+            ("ENCDEC___X", "1"),
+            ("ENCDEC_SERVER__", "1"),
+            ("ENCDEC_LIMITS__QUEUE_CAPACITY", "7"),
+            ("ENCDEC_CONFIG", "c.toml"),
+        ]));
+        let c = Config::load(None, None, vars.clone(), &[]).unwrap();
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.limits.queue_capacity, 7);
+        let ignored = ignored_env_vars(vars);
+        assert_eq!(ignored.len(), SERVICE_LINKS.len() + 3, "{ignored:?}");
+        assert!(!ignored
+            .iter()
+            .any(|n| n.contains("LIMITS") || n == CONFIG_ENV));
+        assert_eq!(
+            env_setting_path("ENCDEC_MODELS__BBC__GENERATION__NUM_BEAMS").unwrap(),
+            ["models", "bbc", "generation", "num_beams"]
+        );
     }
 
     #[test]
