@@ -73,3 +73,247 @@ fn kubernetes_service_link_variables_do_not_stop_the_server() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["model"], "b2b");
 }
+
+/// Reads what the server sends on `s` until it closes (or `limit` passes): (bytes,
+/// whether it closed, seconds).
+fn read_until_closed(s: &mut std::net::TcpStream, limit: Duration) -> (String, bool, f64) {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+        if started.elapsed() > limit {
+            break false;
+        }
+    };
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        closed,
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+fn connect(url: &str) -> std::net::TcpStream {
+    std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap()
+}
+
+fn json_body(response: &str) -> Value {
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response:?}"))
+}
+
+#[test]
+fn slow_and_stalled_clients_are_cut_off_by_the_timeouts() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        "header_read_timeout_seconds = 1\nbody_read_timeout_seconds = 1\nkeep_alive_timeout_seconds = 2",
+    );
+    let served = Served::start(&["--config", &config], &[], Duration::from_secs(60));
+    assert!(wait_ready(&served.url, 60));
+
+    // Slowloris: a head that never ends gets 408 and the connection closes.
+    let mut slow = connect(&served.url);
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .unwrap();
+    let (text, closed, secs) = read_until_closed(&mut slow, Duration::from_secs(10));
+    assert!(closed, "slowloris connection still open after {secs} s");
+    assert!((0.9..4.0).contains(&secs), "closed after {secs} s");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(json_body(&text)["error"], "request_timeout");
+
+    // A connection that sends nothing at all is closed after the header timeout too.
+    let mut silent = connect(&served.url);
+    let (_, closed, secs) = read_until_closed(&mut silent, Duration::from_secs(10));
+    assert!(
+        closed && (0.9..4.0).contains(&secs),
+        "silent: {closed} after {secs} s"
+    );
+
+    // A body announced as 1 MB that stalls: 408 after the body timeout, then closed.
+    let mut stalled = connect(&served.url);
+    stalled
+        .write_all(
+            b"POST /summarize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{\"inputs\": \"",
+        )
+        .unwrap();
+    let (text, closed, secs) = read_until_closed(&mut stalled, Duration::from_secs(10));
+    assert!(closed, "stalled body connection still open after {secs} s");
+    assert!((0.9..4.0).contains(&secs), "closed after {secs} s");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(json_body(&text)["error"], "request_timeout");
+
+    // Keep-alive: an idle connection after a request is closed after its timeout.
+    let mut idle = connect(&served.url);
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (text, closed, secs) = read_until_closed(&mut idle, Duration::from_secs(10));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        closed && (1.8..5.0).contains(&secs),
+        "idle: {closed} after {secs} s"
+    );
+}
+
+#[test]
+fn sigterm_with_stalled_connections_open_exits_at_once() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    // Long timeouts and grace: only the shutdown itself may close these connections.
+    let config = config_file(
+        dir.path(),
+        "header_read_timeout_seconds = 60\nbody_read_timeout_seconds = 60\nshutdown_grace_seconds = 30",
+    );
+    let mut served = Served::start(&["--config", &config], &[], Duration::from_secs(60));
+    assert!(wait_ready(&served.url, 60));
+    let mut stalled = connect(&served.url);
+    stalled
+        .write_all(
+            b"POST /summarize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{\"in",
+        )
+        .unwrap();
+    let mut slow = connect(&served.url);
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let _idle = connect(&served.url);
+    let mut kept = connect(&served.url);
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    served.terminate();
+    let status = served
+        .wait_exit(Duration::from_secs(10))
+        .expect("exited after SIGTERM");
+    let secs = started.elapsed().as_secs_f64();
+    assert!(status.success(), "{status}");
+    assert!(
+        secs < 2.0,
+        "exit took {secs} s with stalled connections open"
+    );
+    let (text, _, _) = read_until_closed(&mut stalled, Duration::from_secs(2));
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert_eq!(json_body(&text)["error"], "shutting_down");
+}
+
+#[test]
+fn api_key_cors_and_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "");
+    let served = Served::start(
+        &[
+            "--config",
+            &config,
+            "--cors-allow-origin",
+            "https://app.example",
+        ],
+        &[("API_KEY", "s3cret")],
+        Duration::from_secs(60),
+    );
+    let url = &served.url;
+    let key = [("Authorization", "Bearer s3cret")];
+    // /health is open; everything else needs the key.
+    assert_eq!(http("GET", &format!("{url}/health"), &[], None).0, 200);
+    for (headers, why) in [
+        (vec![], "missing"),
+        (vec![("Authorization", "Bearer wrong")], "wrong"),
+        (vec![("Authorization", "s3cret")], "not bearer"),
+    ] {
+        for path in ["/ready", "/info", "/metrics", "/nope"] {
+            let (status, h, body) = http("GET", &format!("{url}{path}"), &headers, None);
+            assert_eq!(status, 401, "{why} key on {path}: {body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"], "unauthorized", "{body}");
+            assert!(h
+                .iter()
+                .any(|(k, v)| k == "www-authenticate" && v == "Bearer"));
+        }
+    }
+    assert!(wait_ready_with(url, &key, 60));
+    let (status, _, body) = http(
+        "POST",
+        &format!("{url}/summarize"),
+        &key,
+        Some(r#"{"inputs": "a short text", "parameters": {"max_new_tokens": 3}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http("GET", &format!("{url}/info"), &key, None).0, 200);
+
+    // CORS preflight, answered without the key (browsers send none).
+    let (status, h, _) = http(
+        "OPTIONS",
+        &format!("{url}/summarize"),
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ),
+        ],
+        None,
+    );
+    assert_eq!(status, 200);
+    let get = |name: &str| {
+        h.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    assert_eq!(get("access-control-allow-origin"), "https://app.example");
+    assert!(get("access-control-allow-methods").contains("post"));
+    assert!(get("access-control-allow-headers").contains("authorization"));
+    let (_, h, _) = http(
+        "GET",
+        &format!("{url}/health"),
+        &[("Origin", "https://evil.example")],
+        None,
+    );
+    assert!(!h.iter().any(|(k, _)| k == "access-control-allow-origin"));
+
+    // 404 / 405 / 431: JSON with a stable code.
+    for (method, path, status, code) in [
+        ("GET", "/nope", 404, "not_found"),
+        ("GET", "/summarize", 405, "method_not_allowed"),
+        ("POST", "/health", 405, "method_not_allowed"),
+        ("DELETE", "/ready", 405, "method_not_allowed"),
+    ] {
+        let (s, _, body) = http(method, &format!("{url}{path}"), &key, None);
+        assert_eq!(s, status, "{method} {path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        assert_eq!(v["error"], code);
+    }
+    let big = "a".repeat(40 * 1024);
+    let (s, _, body) = http("GET", &format!("{url}/health"), &[("X-Big", &big)], None);
+    assert_eq!(s, 431, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "headers_too_large"
+    );
+    let many: Vec<(String, String)> = (0..150).map(|i| (format!("X-H{i}"), "1".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (s, _, body) = http("GET", &format!("{url}/health"), &many, None);
+    assert_eq!(s, 431, "{body}");
+}
+
+fn wait_ready_with(url: &str, headers: &[(&str, &str)], secs: u64) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if http("GET", &format!("{url}/ready"), headers, None).0 == 200 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}

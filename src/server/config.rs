@@ -51,6 +51,32 @@ pub struct ServerConfig {
     /// After SIGTERM/ctrl-c and before the drain: `/ready` answers 503 while requests are
     /// still accepted, so that load balancers stop routing here first.
     pub shutdown_delay_seconds: f64,
+    /// A request head (request line and headers) must arrive within this long of its
+    /// first byte (or of the accept, on a new connection); else 408 and close.
+    pub header_read_timeout_seconds: f64,
+    /// Longest wait for the next chunk of a request body; else 408 and close.
+    pub body_read_timeout_seconds: f64,
+    /// An idle connection between requests is closed after this long. Above the usual
+    /// load-balancer idle timeout (60 s), so that the balancer closes first and never
+    /// sends a request on a connection the server is closing.
+    pub keep_alive_timeout_seconds: f64,
+    /// Largest request head in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most header lines in a request head (431 beyond).
+    pub max_headers: usize,
+    /// When set, every route but `/health` requires `Authorization: Bearer <key>`
+    /// (401 otherwise). Never printed by `--check-config`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
+    pub api_key: Option<String>,
+    /// Origins allowed by CORS (`["*"]`: any); empty: no CORS headers.
+    pub cors_allow_origins: Vec<String>,
+}
+
+fn redacted<S: serde::Serializer>(key: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
 }
 
 impl Default for ServerConfig {
@@ -61,6 +87,13 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             shutdown_grace_seconds: 30.0,
             shutdown_delay_seconds: 0.0,
+            header_read_timeout_seconds: 10.0,
+            body_read_timeout_seconds: 10.0,
+            keep_alive_timeout_seconds: 75.0,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            api_key: None,
+            cors_allow_origins: Vec::new(),
         }
     }
 }
@@ -376,6 +409,37 @@ impl Config {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 bail!("server.{name}: must be a number of seconds ≥ 0, got {v}");
+            }
+        }
+        for (name, v) in [
+            ("header_read_timeout_seconds", s.header_read_timeout_seconds),
+            ("body_read_timeout_seconds", s.body_read_timeout_seconds),
+            ("keep_alive_timeout_seconds", s.keep_alive_timeout_seconds),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                bail!("server.{name}: must be a number of seconds in (0, 86400], got {v}");
+            }
+        }
+        if !(1024..=1024 * 1024).contains(&s.max_header_bytes) {
+            bail!(
+                "server.max_header_bytes: must be between 1024 and 1048576, got {}",
+                s.max_header_bytes
+            );
+        }
+        if !(1..=1000).contains(&s.max_headers) {
+            bail!(
+                "server.max_headers: must be between 1 and 1000, got {}",
+                s.max_headers
+            );
+        }
+        if let Some(key) = &s.api_key {
+            if key.trim().is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("server.api_key: must be non-empty, without spaces or control characters");
+            }
+        }
+        for origin in &s.cors_allow_origins {
+            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
+                bail!("server.cors_allow_origins: `{origin}` is not a valid origin");
             }
         }
         let l = &self.limits;

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture paths and transformers' reference outputs.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
