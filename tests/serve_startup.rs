@@ -317,3 +317,230 @@ fn wait_ready_with(url: &str, headers: &[(&str, &str)], secs: u64) -> bool {
     }
     false
 }
+
+/// Hub variables of the test's own environment that must not reach the child
+/// (ureq honours the proxies and has no NO_PROXY: loopback must not go to a proxy).
+const HUB_VARS: &[&str] = &[
+    "HF_ENDPOINT",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HF_HUB_OFFLINE",
+    "XDG_CACHE_HOME",
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "MODEL_ID",
+    "REVISION",
+    "TASK",
+    "DEVICE",
+    "DTYPE",
+    "REPLICAS",
+    "HOST",
+    "LOG_FORMAT",
+    "JSON_OUTPUT",
+    "API_KEY",
+    "CORS_ALLOW_ORIGIN",
+];
+
+const HUB_ID: &str = "encdec-test/bert2bert";
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn health_answers_while_the_model_downloads_and_ready_follows_it() {
+    let hub = common::hub::FakeHub::start(HUB_ID, &common::model_dir("bert2bert"), false);
+    let home = tempfile::tempdir().unwrap();
+    let endpoint = hub.endpoint();
+    let home_dir = home.path().to_string_lossy().into_owned();
+    let env = [
+        ("HF_ENDPOINT", endpoint.as_str()),
+        ("HF_HOME", home_dir.as_str()),
+        ("MODEL_ID", HUB_ID),
+        ("TASK", "summarize"),
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+    ];
+    let served = Served::start_with(&[], &env, HUB_VARS, Duration::from_secs(30));
+    let url = &served.url;
+    // Listening while the weights are held back by the hub.
+    let (status, _, body) = http("GET", &format!("{url}/health"), &[], None);
+    assert_eq!(status, 200, "{body}");
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let (status, headers, body) = http("GET", &format!("{url}/ready"), &[], None);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(v["error"], "model_loading", "{body}");
+        assert!(header(&headers, "retry-after").is_some());
+        assert_eq!(v["models"][0]["name"], "bert2bert");
+        if v["models"][0]["state"] == "downloading" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < end, "never downloading: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ready["status"], "loading");
+    let (status, headers, body) = http(
+        "POST",
+        &format!("{url}/summarize"),
+        &[],
+        Some(r#"{"inputs": "a short text"}"#),
+    );
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "model_loading");
+    assert!(header(&headers, "retry-after").is_some());
+    assert_eq!(http("GET", &format!("{url}/nope"), &[], None).0, 404);
+
+    hub.release();
+    assert!(wait_ready(url, 60), "not ready after the download");
+    let (_, _, body) = http("GET", &format!("{url}/ready"), &[], None);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["models"][0]["state"], "ready");
+    let (status, _, body) = http(
+        "POST",
+        &format!("{url}/summarize"),
+        &[],
+        Some(r#"{"inputs": "a short text", "parameters": {"max_new_tokens": 3}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, _, body) = http("GET", &format!("{url}/info"), &[], None);
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["models"][0]["tasks"], serde_json::json!(["summarize"]));
+}
+
+#[test]
+fn sigterm_while_downloading_exits_at_once() {
+    let hub = common::hub::FakeHub::start(HUB_ID, &common::model_dir("bert2bert"), false);
+    let home = tempfile::tempdir().unwrap();
+    let endpoint = hub.endpoint();
+    let home_dir = home.path().to_string_lossy().into_owned();
+    let mut served = Served::start_with(
+        &["--model", HUB_ID, "--host", "127.0.0.1", "--port", "0"],
+        &[("HF_ENDPOINT", &endpoint), ("HF_HOME", &home_dir)],
+        HUB_VARS,
+        Duration::from_secs(30),
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, body) = http("GET", &format!("{}/ready", served.url), &[], None);
+        if body.contains("\"downloading\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "never downloading: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    served.terminate();
+    let status = served
+        .wait_exit(Duration::from_secs(10))
+        .expect("exited after SIGTERM");
+    let secs = started.elapsed().as_secs_f64();
+    assert!(status.success(), "{status}");
+    assert!(secs < 2.0, "exit took {secs} s while downloading");
+}
+
+#[test]
+fn model_id_and_port_come_from_the_environment() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let port_text = port.to_string();
+    let model = fixture("robertashare");
+    let served = Served::start_with(
+        &[],
+        &[
+            ("MODEL_ID", &model),
+            ("TASK", "summarize,split"),
+            ("PORT", &port_text),
+            ("HOST", "127.0.0.1"),
+            ("JSON_OUTPUT", "true"),
+        ],
+        HUB_VARS,
+        Duration::from_secs(30),
+    );
+    assert_eq!(served.url, format!("http://127.0.0.1:{port}"));
+    assert!(wait_ready(&served.url, 60));
+    let (_, _, body) = http("GET", &format!("{}/info", served.url), &[], None);
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["models"].as_array().unwrap().len(), 1);
+    assert_eq!(info["models"][0]["name"], "robertashare");
+    assert_eq!(
+        info["models"][0]["tasks"],
+        serde_json::json!(["summarize", "split"])
+    );
+}
+
+#[test]
+fn download_config_fetches_every_model_of_the_config() {
+    let hub = common::hub::FakeHub::start(HUB_ID, &common::model_dir("bert2bert"), true);
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let local = fixture("bertshare");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nname = \"hub\"\nsource = \"{HUB_ID}\"\nrevision = \"main\"\n\n[[models]]\nname = \"local\"\nsource = \"{local}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_encdec"));
+    for k in HUB_VARS {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .args(["download", "--no-progress", "--config"])
+        .arg(&config)
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env("HF_HOME", home.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dirs: Vec<&str> = stdout.lines().collect();
+    assert_eq!(dirs.len(), 2, "{stdout}");
+    assert!(
+        dirs[0].starts_with(&*home.path().to_string_lossy()),
+        "{stdout}"
+    );
+    assert!(std::path::Path::new(dirs[0])
+        .join("model.safetensors")
+        .is_file());
+    assert_eq!(dirs[1], local);
+
+    // Then the cache alone serves it: offline, the model loads from what was fetched.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_encdec"));
+    for k in HUB_VARS {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .args(["download", "--no-progress", HUB_ID])
+        .env("HF_ENDPOINT", "http://127.0.0.1:1")
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), dirs[0]);
+}

@@ -238,7 +238,20 @@ impl Served {
     /// (after removing `PORT` and every `ENCDEC_*` variable of the test's own) and waits
     /// up to `wait` for the `listening` log line.
     pub fn start(args: &[&str], env: &[(&str, &str)], wait: std::time::Duration) -> Served {
+        Self::start_with(args, env, &[], wait)
+    }
+
+    /// [`Served::start`], also removing the variables `remove` from the environment.
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        remove: &[&str],
+        wait: std::time::Duration,
+    ) -> Served {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_encdec"));
+        for k in remove {
+            cmd.env_remove(k);
+        }
         cmd.arg("serve")
             .args(args)
             .args(["--log-format", "json"])
