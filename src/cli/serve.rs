@@ -18,6 +18,33 @@ use tracing_subscriber::EnvFilter;
 
 use crate::server::config::{Config, LogFormat, Task, CONFIG_ENV};
 
+/// The TEI-style variables of the flags below (and `ENCDEC_CONFIG`).
+pub const ENV_VARS: [&str; 12] = [
+    CONFIG_ENV,
+    "MODEL_ID",
+    "REVISION",
+    "TASK",
+    "DEVICE",
+    "DTYPE",
+    "REPLICAS",
+    "HOST",
+    "LOG_FORMAT",
+    "JSON_OUTPUT",
+    "API_KEY",
+    "CORS_ALLOW_ORIGIN",
+];
+
+/// Removes the [`ENV_VARS`] that are set but empty, so that they count as unset
+/// (compose files write `API_KEY: ${API_KEY:-}`). Call before parsing, while the
+/// process has one thread.
+pub fn drop_empty_env_vars() {
+    for name in ENV_VARS {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(name);
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// TOML config file (see config/default.toml).
