@@ -544,3 +544,30 @@ fn download_config_fetches_every_model_of_the_config() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), dirs[0]);
 }
+
+#[test]
+fn a_model_that_fails_to_load_stops_the_server_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A checkpoint directory without weights: resolving works, loading fails.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::copy(
+        common::model_dir("bert2bert").join("config.json"),
+        broken.join("config.json"),
+    )
+    .unwrap();
+    let broken = broken.to_string_lossy().into_owned();
+    let mut served = Served::start_with(
+        &["--model", &broken, "--host", "127.0.0.1", "--port", "0"],
+        &[],
+        HUB_VARS,
+        Duration::from_secs(30),
+    );
+    let status = served
+        .wait_exit(Duration::from_secs(30))
+        .expect("exited after the failed load");
+    assert!(!status.success());
+    let logs: Vec<Value> = served.logs.try_iter().collect();
+    let text = serde_json::to_string(&logs).unwrap();
+    assert!(text.contains("models[0]"), "{text}");
+}

@@ -794,6 +794,43 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_and_access_are_validated() {
+        let base = "[[models]]\nname = \"a\"\nsource = \"x\"\n";
+        for (server, field) in [
+            (
+                "header_read_timeout_seconds = 0",
+                "header_read_timeout_seconds",
+            ),
+            (
+                "body_read_timeout_seconds = -1",
+                "body_read_timeout_seconds",
+            ),
+            (
+                "keep_alive_timeout_seconds = nan",
+                "keep_alive_timeout_seconds",
+            ),
+            ("max_header_bytes = 10", "max_header_bytes"),
+            ("max_headers = 0", "max_headers"),
+            ("api_key = \" \"", "api_key"),
+            ("cors_allow_origins = [\"a\\nb\"]", "cors_allow_origins"),
+        ] {
+            let c = Config::from_toml_str(&format!("[server]\n{server}\n{base}")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{server}: {e}");
+        }
+        let c = Config::from_toml_str(&format!(
+            "[server]\napi_key = \"k\"\ncors_allow_origins = [\"*\"]\n{base}"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let printed = toml::to_string(&c).unwrap();
+        assert!(
+            printed.contains("<redacted>") && !printed.contains("\"k\""),
+            "{printed}"
+        );
+    }
+
+    #[test]
     fn preprocess_order() {
         let p = Preprocess {
             prefix: "<s>".into(),
