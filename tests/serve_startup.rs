@@ -385,7 +385,15 @@ fn health_answers_while_the_model_downloads_and_ready_follows_it() {
         assert_eq!(v["error"], "model_loading", "{body}");
         assert!(header(&headers, "retry-after").is_some());
         assert_eq!(v["models"][0]["name"], "bert2bert");
-        if v["models"][0]["state"] == "downloading" {
+        let progress = &v["models"][0]["progress"];
+        if v["models"][0]["state"] == "downloading"
+            && progress["file"] == "model.safetensors"
+            && progress["downloaded_bytes"].as_u64().unwrap_or(0) > 0
+        {
+            assert!(
+                progress["downloaded_bytes"].as_u64() < progress["total_bytes"].as_u64(),
+                "{body}"
+            );
             break v;
         }
         assert!(std::time::Instant::now() < end, "never downloading: {body}");

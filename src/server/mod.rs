@@ -122,7 +122,7 @@ enum Source {
 }
 
 /// Loads every model of `config` in order, telling `startup` as it goes.
-fn load_all(config: &Config, startup: &startup::Startup) -> Result<Vec<LoadedModel>> {
+fn load_all(config: &Config, startup: &Arc<startup::Startup>) -> Result<Vec<LoadedModel>> {
     let mut models = Vec::with_capacity(config.models.len());
     for (i, mc) in config.models.iter().enumerate() {
         startup
@@ -131,7 +131,10 @@ fn load_all(config: &Config, startup: &startup::Startup) -> Result<Vec<LoadedMod
             .with_label_values(&[&mc.name])
             .set(0);
         tracing::info!(model = %mc.name, source = %mc.source, device = %mc.device, dtype = %mc.dtype, "loading model");
-        match pool::load_model_with(i, mc, &config.limits, &|p| startup.phase_of(i, p)) {
+        let loaded = crate::hub::with_progress(startup.download_progress(i), || {
+            pool::load_model_with(i, mc, &config.limits, &|p| startup.phase_of(i, p))
+        });
+        match loaded {
             Ok(m) => {
                 tracing::info!(
                     model = %mc.name,

@@ -33,8 +33,18 @@ pub struct ModelStatus {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// While downloading: the file being fetched and its bytes so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
     #[serde(skip)]
     started: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub file: String,
+    pub downloaded_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// Shared by the start-up routes, the loader thread and `serve`.
@@ -70,6 +80,7 @@ impl Startup {
                 state: "pending",
                 seconds: None,
                 message: None,
+                progress: None,
                 started: None,
             })
             .collect();
@@ -87,6 +98,9 @@ impl Startup {
             m.started.get_or_insert_with(Instant::now);
             m.state = state;
             m.message = message;
+            if state != "downloading" {
+                m.progress = None;
+            }
         }
     }
 
@@ -97,6 +111,17 @@ impl Startup {
             LoadPhase::WarmingUp => "warming_up",
         };
         self.set(index, state, None);
+    }
+
+    /// A download sink for model `index` (see [`crate::hub::with_progress`]).
+    pub fn download_progress(
+        self: &Arc<Self>,
+        index: usize,
+    ) -> Arc<dyn crate::hub::DownloadProgress> {
+        Arc::new(ModelDownload {
+            startup: self.clone(),
+            index,
+        })
     }
 
     pub fn ready(&self, index: usize) {
@@ -116,6 +141,39 @@ impl Startup {
                 ..m.clone()
             })
             .collect()
+    }
+}
+
+struct ModelDownload {
+    startup: Arc<Startup>,
+    index: usize,
+}
+
+impl crate::hub::DownloadProgress for ModelDownload {
+    fn started(&self, file: &str, total: u64) {
+        let mut models = self
+            .startup
+            .models
+            .lock()
+            .expect("no panics under this lock");
+        if let Some(m) = models.get_mut(self.index) {
+            m.progress = Some(Progress {
+                file: file.to_string(),
+                downloaded_bytes: 0,
+                total_bytes: total,
+            });
+        }
+    }
+
+    fn advanced(&self, bytes: u64) {
+        let mut models = self
+            .startup
+            .models
+            .lock()
+            .expect("no panics under this lock");
+        if let Some(p) = models.get_mut(self.index).and_then(|m| m.progress.as_mut()) {
+            p.downloaded_bytes = p.downloaded_bytes.saturating_add(bytes);
+        }
     }
 }
 

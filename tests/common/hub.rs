@@ -1,6 +1,6 @@
 //! A loopback stand-in for the Hugging Face hub serving one checkpoint directory, whose
-//! weight downloads wait until [`FakeHub::release`] (to hold a server in its loading
-//! phase). Answers the two endpoints hf-hub uses: the revision listing and `resolve`
+//! weight downloads send half their bytes, then wait until [`FakeHub::release`] (to hold
+//! a server in its downloading phase). Answers the two endpoints hf-hub uses: the revision listing and `resolve`
 //! (with `Range`). See tests/hub_download.rs for the full-featured one.
 
 use std::io::{BufRead, BufReader, Write};
@@ -153,12 +153,9 @@ fn serve(
         return not_found(&mut stream);
     };
     let lfs = file.ends_with(".safetensors") || file.ends_with(".bin");
-    if lfs && method == "GET" {
-        let end = Instant::now() + Duration::from_secs(60);
-        while !gate.load(Ordering::SeqCst) && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    // The weights' download (not hf-hub's one-byte metadata probe) sends half its body,
+    // then waits for `release`.
+    let held = lfs && method == "GET" && range.as_deref() != Some("0-0");
     let total = bytes.len();
     let tag = if lfs {
         etag(bytes)
@@ -187,6 +184,23 @@ fn serve(
     headers.push(("Content-Length", body.len().to_string()));
     if method == "HEAD" {
         return respond(&mut stream, status, &headers, b"");
+    }
+    if held {
+        let half = body.len() / 2;
+        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+        for (k, v) in &headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(&body[..half])?;
+        stream.flush()?;
+        let end = Instant::now() + Duration::from_secs(60);
+        while !gate.load(Ordering::SeqCst) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stream.write_all(&body[half..])?;
+        return stream.flush();
     }
     respond(&mut stream, status, &headers, body)
 }
