@@ -81,7 +81,12 @@ pub struct Args {
     #[arg(long, env = "LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
     /// Log one JSON object per line (same as --log-format json).
-    #[arg(long, env = "JSON_OUTPUT")]
+    #[arg(
+        long,
+        env = "JSON_OUTPUT",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub json_output: bool,
     /// Require `Authorization: Bearer KEY` on every route but /health (server.api_key).
     #[arg(long, env = "API_KEY", hide_env_values = true)]
