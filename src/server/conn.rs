@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -132,6 +132,9 @@ enum Head {
     },
     /// The blank line ending the head was read; the service is about to be called.
     Complete { started: Instant },
+    /// A response went out before its request body was read to the end: hyper drains or
+    /// closes; what arrives now is body, not a head.
+    Draining { since: Instant },
 }
 
 struct Reject {
@@ -178,7 +181,7 @@ impl WatchedIo {
             return None;
         }
         let (mut started, mut count, mut lines, mut line_empty) = match st.head {
-            Head::Complete { .. } => return None,
+            Head::Complete { .. } | Head::Draining { .. } => return None,
             Head::Waiting => (Instant::now(), 0, 0, false),
             Head::Receiving {
                 started,
@@ -325,7 +328,11 @@ impl AsyncWrite for WatchedIo {
 }
 
 /// Held from a request's head to the end of its response body.
-struct InFlight(Arc<Shared>);
+struct InFlight {
+    shared: Arc<Shared>,
+    /// Whether the request body was read to its end.
+    body_done: Arc<AtomicBool>,
+}
 
 impl InFlight {
     fn begin(shared: &Arc<Shared>) -> Self {
@@ -334,20 +341,28 @@ impl InFlight {
         st.head = Head::Waiting;
         drop(st);
         shared.changed.notify_one();
-        Self(shared.clone())
+        Self {
+            shared: shared.clone(),
+            body_done: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut st = self.0.state.lock().expect("no panics under this lock");
+        let mut st = self.shared.state.lock().expect("no panics under this lock");
         st.in_flight -= 1;
         if st.in_flight == 0 {
             st.idle_since = Instant::now();
             st.reused = true;
+            if !self.body_done.load(Ordering::Acquire) {
+                st.head = Head::Draining {
+                    since: st.idle_since,
+                };
+            }
         }
         drop(st);
-        self.0.changed.notify_one();
+        self.shared.changed.notify_one();
     }
 }
 
@@ -362,6 +377,15 @@ struct GuardedBody {
     inner: Pin<Box<tower_http::timeout::TimeoutBody<hyper::body::Incoming>>>,
     stopping: Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
     cause: Arc<AtomicU8>,
+    done: Arc<AtomicBool>,
+}
+
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.done.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl http_body::Body for GuardedBody {
@@ -385,6 +409,10 @@ impl http_body::Body for GuardedBody {
                     return Poll::Ready(Some(Err("the server is shutting down".into())));
                 }
                 Poll::Pending
+            }
+            Poll::Ready(None) => {
+                self.done.store(true, Ordering::Release);
+                Poll::Ready(None)
             }
             other => other,
         }
@@ -470,6 +498,7 @@ async fn connection(
                     let _ = stop.wait_for(|s| *s).await;
                 }),
                 cause: cause.clone(),
+                done: in_flight.body_done.clone(),
             };
             let req = Request::from_parts(parts, Body::new(body));
             let body_timeout = limits.body_read_timeout;
@@ -591,6 +620,8 @@ impl State {
             Head::Receiving { started, .. } | Head::Complete { started } => {
                 (started + limits.header_read_timeout, Expiry::HeadTimeout)
             }
+            // Hyper closes such a connection, or drains a short rest and reuses it.
+            Head::Draining { since } => (since + limits.keep_alive_timeout, Expiry::Close),
             Head::Waiting if self.reused => {
                 (self.idle_since + limits.keep_alive_timeout, Expiry::Close)
             }
