@@ -152,6 +152,7 @@ fn slow_and_stalled_clients_are_cut_off_by_the_timeouts() {
     assert!(closed, "stalled body connection still open after {secs} s");
     assert!((0.9..4.0).contains(&secs), "closed after {secs} s");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("x-request-id: "), "{text}");
     assert_eq!(json_body(&text)["error"], "request_timeout");
 
     // Keep-alive: an idle connection after a request is closed after its timeout.

@@ -507,7 +507,8 @@ async fn connection(
                     Ok(r) => r,
                     Err(never) => match never {},
                 };
-                let response = match cause.load(Ordering::Acquire) {
+                let request_id = response.headers().get("x-request-id").cloned();
+                let mut response = match cause.load(Ordering::Acquire) {
                     BODY_TIMED_OUT => error_response(
                         ErrorKind::RequestTimeout,
                         &format!("no request body data for {} s", body_timeout.as_secs_f64()),
@@ -517,6 +518,9 @@ async fn connection(
                     }
                     _ => response,
                 };
+                if let Some(id) = request_id {
+                    response.headers_mut().insert("x-request-id", id);
+                }
                 let (parts, body) = response.into_parts();
                 let body = Body::new(TrackedBody {
                     inner: body,
