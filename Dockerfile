@@ -6,8 +6,12 @@
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=trixie
+# Base images, overridable for mirrors or air-gapped builds (scripts/container-check.sh
+# builds on local stand-ins): --build-arg RUST_IMAGE=... --build-arg RUNTIME_IMAGE=...
+ARG RUST_IMAGE=rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE}
+ARG RUNTIME_IMAGE=debian:${DEBIAN_RELEASE}-slim
 
-FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS chef
+FROM ${RUST_IMAGE} AS chef
 ARG CARGO_CHEF_VERSION=0.1.78
 RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}" \
     && rm -rf "${CARGO_HOME}/registry"
@@ -28,7 +32,7 @@ COPY . .
 RUN cargo build --release --locked --bin encdec \
     && cp target/release/encdec /usr/local/bin/encdec
 
-FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 # rustls + bundled web PKI roots: no OpenSSL or ca-certificates needed at run time.
 RUN groupadd --system --gid 1000 encdec \
     && useradd --system --uid 1000 --gid encdec --home-dir /home/encdec --create-home \

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use encdec::model::{cross_attention, packed::PackedWeight, small_attention};
+use encdec::model::bench::{cross_attention, pack_keys, small_attention, PackedWeight};
 
 fn median_seconds(mut f: impl FnMut()) -> f64 {
     f();
@@ -66,7 +66,7 @@ fn main() -> candle_core::Result<()> {
             .map(|_| {
                 let k = Tensor::randn(0f32, 1., (inputs, 12, 256, 64), &dev)?;
                 let v = Tensor::randn(0f32, 1., (inputs, 12, 256, 64), &dev)?;
-                let packed = cross_attention::pack_keys(&k)?;
+                let packed = pack_keys(&k)?;
                 Ok((k, packed, v))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -74,12 +74,12 @@ fn main() -> candle_core::Result<()> {
         let mask = Tensor::zeros((inputs, 1, 1, 256), candle_core::DType::F32, &dev)?;
         let rows = median_seconds(|| {
             for (k, _, v) in &layers {
-                small_attention::attention(&q, k, v, Some(&mask), 0.125).unwrap();
+                small_attention(&q, k, v, Some(&mask), 0.125).unwrap();
             }
         }) / 12.0;
         let packed = median_seconds(|| {
             for (_, kp, v) in &layers {
-                cross_attention::attention(&q, kp, v, &mask, 0.125).unwrap();
+                cross_attention(&q, kp, v, &mask, 0.125).unwrap();
             }
         }) / 12.0;
         println!(

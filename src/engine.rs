@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use crate::checkpoint::config::EncoderDecoderConfig;
 use crate::generation::{self, GenerationConfig, Hypothesis, NoObserver, Outcome, StepObserver};
 use crate::model::EncoderDecoderModel;
-use crate::tokenizer::{InputError, Tokenizers};
+use crate::tokenizer::{InputError, TokenizerSettings, Tokenizers};
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct EngineOptions {
     pub dtype: DType,
     /// Decoder tokenizer directory (BERT2GPT2); default `decoder_tokenizer/` if present.
     pub decoder_tokenizer: Option<PathBuf>,
+    /// transformers' tokenizer keyword arguments (`add_special_tokens`, token overrides).
+    pub tokenizer: TokenizerSettings,
 }
 
 impl Default for EngineOptions {
@@ -26,6 +28,7 @@ impl Default for EngineOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             decoder_tokenizer: None,
+            tokenizer: TokenizerSettings::default(),
         }
     }
 }
@@ -65,6 +68,7 @@ impl Engine {
             dir,
             opts.decoder_tokenizer.as_deref(),
             config.encoder.max_input_tokens(),
+            &opts.tokenizer,
         )?;
         let model = EncoderDecoderModel::load(dir, config, &opts.device, opts.dtype)
             .with_context(|| format!("loading weights of {}", dir.display()))?;
@@ -104,8 +108,21 @@ impl Engine {
         self.tokenizers.max_input_tokens()
     }
 
+    /// Token ids of `text`; an id outside the encoder's embeddings (a special token the
+    /// tokenizer added after a vocabulary that lacks it) is an input error, as it is an
+    /// index error in transformers.
     pub fn encode(&self, text: &str, max_tokens: Option<usize>) -> Result<Vec<u32>, InputError> {
-        self.tokenizers.encode(text, max_tokens)
+        let ids = self.tokenizers.encode(text, max_tokens)?;
+        let vocab = self.config().encoder.vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            let token = self.tokenizers.id_to_token(id).unwrap_or_default();
+            return Err(InputError::Tokenizer(format!(
+                "token {token:?} (id {id}) is outside the encoder's vocabulary of {vocab}; \
+                 the tokenizer added it to a vocabulary that lacks it (see the model card: \
+                 e.g. [models.tokenizer] add_special_tokens = false, or --no-special-tokens)"
+            )));
+        }
+        Ok(ids)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

@@ -7,6 +7,12 @@
 //! `generation` (greedy / beam search exactly like transformers) → `engine` (load once,
 //! generate many batches from worker threads).
 
+// Every `unsafe` operation sits in its own block with a `// SAFETY:` comment saying
+// why it holds, also inside `unsafe fn`s (whose `# Safety` sections state the contract).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(clippy::missing_safety_doc)]
+
 pub mod allocator;
 pub mod checkpoint;
 pub mod cli;

@@ -16,6 +16,18 @@ pub enum Task {
 impl Task {
     pub const ALL: [Task; 4] = [Task::Summarize, Task::Translate, Task::Split, Task::Fuse];
 
+    /// Generated tokens at most when neither the checkpoint (`max_length` /
+    /// `max_new_tokens` in generation_config.json or config.json) nor the model's config
+    /// says: transformers' own default of 20 tokens (`max_length` 20) cuts a split, fused
+    /// or translated sentence short. Summaries keep the checkpoint's defaults.
+    pub fn default_max_new_tokens(self) -> Option<usize> {
+        match self {
+            Task::Summarize => None,
+            Task::Split | Task::Fuse => Some(128),
+            Task::Translate => Some(256),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Task::Summarize => "summarize",

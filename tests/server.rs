@@ -687,9 +687,31 @@ fn queue_overflow_is_429_and_disconnected_clients_are_dropped() {
         "second request not queued"
     );
 
-    let r = post(&url, "/summarize", &json!({"inputs": "h i"}));
+    // Refused before tokenizing: no tokenization time is recorded for it.
+    let tokenizations = || {
+        metric(
+            &url,
+            "encdec_request_tokenization_duration_seconds_count",
+            &[],
+        )
+    };
+    // (Queue slots are held from admission on, so the second request may still be
+    // tokenizing: wait until both were.)
+    assert!(wait_until(20.0, || tokenizations() == 2.0));
+    let before = tokenizations();
+    let r = request(
+        "POST",
+        &format!("{url}/summarize"),
+        Some(&json!({"inputs": "h i"}).to_string()),
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "full-1"),
+        ],
+    );
     r.error(429, "queue_full");
     assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.json()["request_id"], "full-1");
+    assert_eq!(tokenizations(), before);
 
     // A client that goes away leaves the queue at once...
     drop(second);
@@ -789,7 +811,8 @@ fn binary_drains_on_sigterm_and_exits_0() {
         .args(["serve", "--config"])
         .arg(&config)
         .args(["--port", "0", "--log-format", "json"])
-        .env("RUST_LOG", "info")
+        // The batcher's per-sequence logs are debug.
+        .env("RUST_LOG", "info,encdec::server::batcher=debug")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -817,7 +840,17 @@ fn binary_drains_on_sigterm_and_exits_0() {
     assert!(wait_until(60.0, || get(&url, "/ready").status == 200));
     let in_flight = std::thread::spawn({
         let url = url.clone();
-        move || post(&url, "/summarize", &medium_body())
+        move || {
+            request(
+                "POST",
+                &format!("{url}/summarize"),
+                Some(&medium_body().to_string()),
+                &[
+                    ("content-type", "application/json"),
+                    ("x-request-id", "sigterm-req"),
+                ],
+            )
+        }
     });
     assert!(wait_until(20.0, || metric(
         &url,
@@ -841,6 +874,19 @@ fn binary_drains_on_sigterm_and_exits_0() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
+    // The worker's logs about the sequence carry the request's id (its span).
+    let worker_logs: Vec<Value> = rx
+        .try_iter()
+        .filter(|v| v["target"] == "encdec::server::batcher")
+        .filter(|v| v["span"]["request_id"] == "sigterm-req")
+        .map(|v| v["fields"]["message"].clone())
+        .collect();
+    for message in ["sequence batched", "sequence finished"] {
+        assert!(
+            worker_logs.iter().any(|m| m == message),
+            "no `{message}` log with the request id: {worker_logs:?}"
+        );
+    }
 }
 
 #[test]
@@ -938,4 +984,214 @@ fn config_is_layered_and_errors_name_the_field() {
     }
     let (ok, _, err) = run(&[], &[]);
     assert!(!ok && err.contains("--config"), "{err}");
+}
+
+/// Every string in a JSON document.
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+        Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn info_shows_no_filesystem_paths() {
+    let info = get(main_url(), "/info").json();
+    let fixtures = fixture("");
+    let mut all = Vec::new();
+    strings(&info, &mut all);
+    for s in &all {
+        assert!(
+            !s.starts_with('/') && !s.contains(fixtures.trim_end_matches('/')),
+            "a filesystem path in /info: {s}"
+        );
+    }
+    // Local checkpoints are shown by their directory's name.
+    assert_eq!(info["models"][0]["source"], "bert2bert");
+    assert_eq!(info["models"][4]["source"], "bertgeneration2bertgeneration");
+}
+
+#[test]
+fn hostile_numbers_and_inputs_get_json_errors_with_the_request_id() {
+    let url = main_url();
+    let with_id = |path: &str, body: &Value, id: &str| {
+        request(
+            "POST",
+            &format!("{url}{path}"),
+            Some(&body.to_string()),
+            &[("content-type", "application/json"), ("x-request-id", id)],
+        )
+    };
+    // usize::MAX + 1 wrapped to max_length 0 (and then to a 1-token answer) before.
+    let r = with_id(
+        "/summarize",
+        &json!({"inputs": "x", "parameters": {"max_new_tokens": u64::MAX}}),
+        "overflow-1",
+    );
+    r.error(422, "validation");
+    let v = r.json();
+    assert_eq!(v["request_id"], "overflow-1");
+    assert!(
+        v["message"].as_str().unwrap().contains("max_new_tokens"),
+        "{}",
+        r.body
+    );
+    for params in [
+        json!({"max_length": u64::MAX}),
+        json!({"num_beams": u64::MAX}),
+        json!({"num_return_sequences": u64::MAX}),
+        json!({"max_new_tokens": u64::MAX - 1}),
+    ] {
+        post(
+            url,
+            "/generate",
+            &json!({"inputs": "x", "parameters": params}),
+        )
+        .error(422, "validation");
+    }
+    // Beyond u64 or negative: refused by the JSON types.
+    let raw = |body: &str| {
+        request(
+            "POST",
+            &format!("{url}/generate"),
+            Some(body),
+            &[("content-type", "application/json")],
+        )
+    };
+    raw(r#"{"inputs": "x", "parameters": {"max_new_tokens": 18446744073709551616}}"#)
+        .error(422, "validation");
+    raw(r#"{"inputs": "x", "parameters": {"num_beams": -1}}"#).error(422, "validation");
+
+    // A long text with `input_overflow = "reject"`: refused after reading a few
+    // thousand characters of it, not all of them.
+    let tokenized = || {
+        metric(
+            url,
+            "encdec_request_tokenization_duration_seconds_sum",
+            &[("model", "split")],
+        )
+    };
+    let before = tokenized();
+    let r = with_id("/split", &json!({"inputs": "word ".repeat(3000)}), "long-1");
+    r.error(422, "input_too_long");
+    assert_eq!(r.json()["request_id"], "long-1");
+    assert!(
+        tokenized() - before < 0.25,
+        "{} s tokenizing",
+        tokenized() - before
+    );
+
+    // Every error body is JSON with the request id, also from the fallbacks and the
+    // extractors; a generated id when the client sent none.
+    let r = request(
+        "GET",
+        &format!("{url}/nope"),
+        None,
+        &[("x-request-id", "nf-1")],
+    );
+    r.error(404, "not_found");
+    assert_eq!(r.json()["request_id"], "nf-1");
+    let r = request(
+        "POST",
+        &format!("{url}/summarize"),
+        Some("{"),
+        &[("content-type", "application/json")],
+    );
+    r.error(400, "invalid_json");
+    assert_eq!(r.json()["request_id"], r.headers["x-request-id"].as_str());
+    assert!(!r.headers["x-request-id"].is_empty());
+}
+
+#[test]
+fn long_inputs_are_cut_before_tokenizing_exactly() {
+    let toml = MAIN_TOML
+        .replace("FIXTURES", fixture("").trim_end_matches('/'))
+        .replace(
+            "input_overflow = \"reject\"",
+            "input_overflow = \"truncate\"\nmax_input_tokens = 64",
+        )
+        .replace("max_payload_bytes = 16384", "max_payload_bytes = 4000000");
+    let handle = start(&toml);
+    let url = handle.url();
+    let info = get(&url, "/info").json();
+    let models = [
+        ("sum", "bert2bert", 12),
+        ("split", "robertashare", 10),
+        ("fuse", "roberta2roberta", 10),
+        ("en-de", "bert2gpt2", 8),
+        ("de-en", "bertgeneration2bertgeneration", 8),
+    ];
+    // Ordinary prose (the first try suffices), and words far apart (it has to double).
+    let prose = "He said \"the quick brown fox, it jumps!\" over 3 lazy dogs. ".repeat(300);
+    let sparse = (0..2000)
+        .map(|i| format!("w{i}{}", " ".repeat(23)))
+        .collect::<String>();
+    for (i, (name, dir, max_length)) in models.iter().enumerate() {
+        let max_tokens = info["models"][i]["max_input_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(info["models"][i]["name"], *name);
+        for text in [&prose, &sparse] {
+            let r = post(&url, "/generate", &json!({"inputs": text, "model": name}));
+            assert_eq!(r.status, 200, "{}", r.body);
+            let (got, score) = text_and_score(&r.json()["outputs"][0]);
+            let full = match *name {
+                "split" => format!("<s>{text}</s>"),
+                "fuse" => text.replace('"', "`"),
+                _ => text.to_string(),
+            };
+            let want = engine_output(
+                dir,
+                &full,
+                Some(max_tokens),
+                GenerationOverrides {
+                    max_length: Some(*max_length),
+                    ..Default::default()
+                },
+            );
+            let got = if *name == "fuse" {
+                got.replace('_', " ")
+            } else {
+                got
+            };
+            assert_same(&[(got, score)], &want);
+        }
+    }
+
+    // 1 MB of text: answered, at the cost of tokenizing a few thousand characters
+    // (tokenizing all of it took 1.8 s of CPU).
+    let tokenized = || {
+        metric(
+            &url,
+            "encdec_request_tokenization_duration_seconds_sum",
+            &[("model", "sum")],
+        )
+    };
+    for huge in [
+        "Some words of a long story. ".repeat(40_000),
+        "x".repeat(1_000_000),
+        "日本語".repeat(300_000),
+    ] {
+        let before = tokenized();
+        let r = post(&url, "/summarize", &json!({"inputs": huge}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let took = tokenized() - before;
+        assert!(took < 0.25, "{took} s tokenizing {} bytes", huge.len());
+    }
+
+    // A 100 KB model name is not sent back in full.
+    let name = "m".repeat(100_000);
+    let r = post(&url, "/generate", &json!({"inputs": "x", "model": name}));
+    r.error(422, "unknown_model");
+    assert!(r.body.len() < 1000, "{} bytes", r.body.len());
+    assert!(r.json()["message"].as_str().unwrap().contains("mmm…"));
+    // serde's own messages quote what the client sent: bounded as well.
+    let r = post(
+        &url,
+        "/generate",
+        &json!({"inputs": "x", "parameters": {name.clone(): 1}}),
+    );
+    r.error(422, "validation");
+    assert!(r.body.len() < 1000, "{} bytes", r.body.len());
+    handle.shutdown().unwrap();
 }

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 
-use super::flags::{parse_dtype, GenerationFlags};
+use super::flags::{parse_dtype, GenerationFlags, TokenizerFlags};
 use crate::engine::{Engine, EngineOptions};
 use crate::eval::data::{self, DataFormat, DataSpec};
 use crate::eval::run::{self, PredictionRecord, ScoreOptions, Task, TaskMetrics};
@@ -69,6 +69,8 @@ pub struct Args {
     pub batch_size: u64,
     #[command(flatten)]
     pub generation: GenerationFlags,
+    #[command(flatten)]
+    pub tokenizer: TokenizerFlags,
     /// Decoder tokenizer directory (default: `<model>/decoder_tokenizer` if present).
     #[arg(long)]
     pub decoder_tokenizer: Option<PathBuf>,
@@ -89,7 +91,7 @@ pub struct Args {
     pub no_progress: bool,
 }
 
-fn parse_device(name: &str) -> Result<Device> {
+pub(super) fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::new_cuda(0)?),
@@ -221,6 +223,7 @@ fn generate(
         device: parse_device(&args.device)?,
         dtype: parse_dtype(&args.dtype)?,
         decoder_tokenizer: args.decoder_tokenizer.clone(),
+        tokenizer: args.tokenizer.settings()?,
     };
     let engine = Engine::load(&dir, &opts)?;
     let cfg = engine

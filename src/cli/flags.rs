@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 use crate::generation::{EarlyStopping, GenerationOverrides};
+use crate::tokenizer::TokenizerSettings;
 
 /// Generation parameters; unset ones keep the checkpoint's defaults.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -46,6 +47,32 @@ impl GenerationFlags {
             repetition_penalty: self.repetition_penalty,
             num_return_sequences: None,
         }
+    }
+}
+
+/// Tokenizer keyword arguments, as transformers' `from_pretrained(id, KEY=VALUE)` and
+/// `tokenizer(text, add_special_tokens=False)` take them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TokenizerFlags {
+    /// Tokenize inputs without the tokenizer's special tokens (`add_special_tokens=False`).
+    #[arg(long)]
+    pub no_special_tokens: bool,
+    /// KEY=VALUE, repeatable: add_special_tokens, do_lower_case (true/false), bos_token,
+    /// eos_token, pad_token, unk_token, sep_token, cls_token, mask_token.
+    #[arg(long = "tokenizer-option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+}
+
+impl TokenizerFlags {
+    pub fn settings(&self) -> Result<TokenizerSettings> {
+        let mut s = TokenizerSettings::default();
+        for option in &self.options {
+            s.set(option)?;
+        }
+        if self.no_special_tokens {
+            s.add_special_tokens = Some(false);
+        }
+        Ok(s)
     }
 }
 

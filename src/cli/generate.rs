@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::flags::{parse_dtype, GenerationFlags};
+use super::flags::{parse_dtype, GenerationFlags, TokenizerFlags};
 use crate::engine::{Engine, EngineOptions};
 use crate::generation::{GenerationOverrides, StepObserver};
 
@@ -28,8 +28,13 @@ pub struct Args {
     /// Weights dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[command(flatten)]
     pub generation: GenerationFlags,
+    #[command(flatten)]
+    pub tokenizer: TokenizerFlags,
     #[arg(long)]
     pub num_return_sequences: Option<usize>,
     /// Print load and per-batch generation times (JSON lines) on stderr.
@@ -51,15 +56,19 @@ pub fn run(args: Args) -> Result<()> {
     };
     let opts = EngineOptions {
         dtype: parse_dtype(&args.dtype)?,
+        device: super::eval::parse_device(&args.device)?,
         decoder_tokenizer: args.decoder_tokenizer.clone(),
-        ..Default::default()
+        tokenizer: args.tokenizer.settings()?,
     };
     let load_started = std::time::Instant::now();
     let engine = Engine::load(&args.model, &opts)?;
     if args.timings {
         eprintln!(
             "{}",
-            json!({"load_seconds": load_started.elapsed().as_secs_f64()})
+            json!({
+                "load_seconds": load_started.elapsed().as_secs_f64(),
+                "cpu_kernels": crate::model::kernel_choice(),
+            })
         );
     }
     let cfg = engine

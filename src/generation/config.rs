@@ -175,8 +175,13 @@ impl GenerationConfig {
             ),
         };
         let max_length = match num("max_new_tokens") {
-            Some(n) => n + DECODER_PROMPT_LEN,
-            None => num("max_length").unwrap_or(20),
+            Some(n) => n.saturating_add(DECODER_PROMPT_LEN),
+            // transformers 5 treats its default max_length (20, set or not) as 20 new
+            // tokens after the prompt (`_prepare_generated_length`).
+            None => match num("max_length") {
+                None | Some(20) => 20 + DECODER_PROMPT_LEN,
+                Some(n) => n,
+            },
         };
         Ok(Self {
             decoder_start_token_id,
@@ -201,7 +206,10 @@ impl GenerationConfig {
         }
         // Like transformers, max_new_tokens wins over max_length when both are given.
         if let Some(v) = o.max_new_tokens {
-            c.max_length = v + DECODER_PROMPT_LEN;
+            // A client number: checked, so a huge one is refused instead of wrapping.
+            c.max_length = v
+                .checked_add(DECODER_PROMPT_LEN)
+                .ok_or_else(|| InvalidParameters(format!("max_new_tokens {v} is too large")))?;
         }
         if let Some(v) = o.min_length {
             c.min_length = v;
@@ -294,6 +302,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(base.with_overrides(&o).unwrap().max_length, 6);
+        // The largest number JSON can carry for a usize must not wrap to max_length 0.
+        let o = GenerationOverrides {
+            max_new_tokens: Some(usize::MAX),
+            ..Default::default()
+        };
+        let err = base.with_overrides(&o).unwrap_err();
+        assert!(err.0.contains("max_new_tokens"), "{err}");
         let o = GenerationOverrides {
             num_return_sequences: Some(3),
             ..Default::default()

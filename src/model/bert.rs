@@ -1,17 +1,17 @@
 //! BERT, RoBERTa and BertGeneration stacks (they share one block layout).
 //!
-//! Encoder block:  a = LN(x + Attn(x));              y = LN(a + W₂·act(W₁·a))
-//! Decoder block:  a = LN(x + CausalAttn(x));  c = LN(a + CrossAttn(a, enc));  y = LN(c + FFN(c))
+//! Encoder layer:  a = LN(x + Attn(x));              y = LN(a + W₂·act(W₁·a))
+//! Decoder layer:  a = LN(x + CausalAttn(x));  c = LN(a + CrossAttn(a, enc));  y = LN(c + FFN(c))
 //! The decoder's self-attention has the encoder's shape (warm-started from it); only the
 //! cross-attention block is new.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
-use super::layers::{
-    attention, cross_attention_shared, cross_keys_values, layer_norm, linear, merge_heads,
-    project_heads, KvCache, Linear,
-};
+use super::attention::{attention, merge_heads, project_heads};
+use super::cross_kv::CrossKv;
+use super::kv_cache::KvCache;
+use super::linear::{layer_norm, linear, Linear};
 use crate::checkpoint::config::{Activation, Family, StackConfig};
 
 /// word + token-type(0) + position embeddings, then LayerNorm.
@@ -108,17 +108,18 @@ impl AttentionBlock {
     }
 
     /// Encoder keys/values for cross-attention, computed once per input.
-    fn cross_kv(&self, enc: &Tensor) -> Result<(Tensor, Tensor)> {
-        cross_keys_values(
+    fn cross_kv(&self, enc: &Tensor) -> Result<CrossKv> {
+        CrossKv::new(
             &self.key.forward(enc)?,
             &self.value.forward(enc)?,
             self.heads,
         )
     }
 
-    fn cross_step(&self, x: &Tensor, kv: &(Tensor, Tensor), mask: &Tensor) -> Result<Tensor> {
+    /// Cross-attention of one new token per row over its input's encoder states.
+    fn cross_step(&self, x: &Tensor, kv: &CrossKv, mask: &Tensor) -> Result<Tensor> {
         let q = self.query.forward(x)?;
-        let ctx = cross_attention_shared(&q, &kv.0, &kv.1, mask, self.scale)?;
+        let ctx = kv.attend(&q, mask, self.scale)?;
         self.finish(&ctx, x)
     }
 }
@@ -147,22 +148,53 @@ impl FeedForward {
     }
 }
 
-struct Block {
+/// Encoder layer: bidirectional self-attention, then the feed-forward block.
+struct EncoderLayer {
     attention: AttentionBlock,
-    cross: Option<AttentionBlock>,
     ffn: FeedForward,
 }
 
-impl Block {
-    fn load(cfg: &StackConfig, cross_kv_dim: Option<usize>, vb: VarBuilder) -> Result<Self> {
+impl EncoderLayer {
+    fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             attention: AttentionBlock::load(cfg, cfg.hidden_size, vb.pp("attention"))?,
-            cross: match cross_kv_dim {
-                Some(kv) => Some(AttentionBlock::load(cfg, kv, vb.pp("crossattention"))?),
-                None => None,
-            },
-            ffn: FeedForward::load(cfg, vb.clone())?,
+            ffn: FeedForward::load(cfg, vb)?,
         })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        self.ffn.forward(&self.attention.encoder_forward(x, mask)?)
+    }
+}
+
+/// Decoder layer: causal self-attention, cross-attention over the encoder states, then
+/// the feed-forward block.
+struct DecoderLayer {
+    attention: AttentionBlock,
+    cross: AttentionBlock,
+    ffn: FeedForward,
+}
+
+impl DecoderLayer {
+    /// `cross_kv_dim`: the width of the encoder states the cross-attention reads.
+    fn load(cfg: &StackConfig, cross_kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            attention: AttentionBlock::load(cfg, cfg.hidden_size, vb.pp("attention"))?,
+            cross: AttentionBlock::load(cfg, cross_kv_dim, vb.pp("crossattention"))?,
+            ffn: FeedForward::load(cfg, vb)?,
+        })
+    }
+
+    fn step(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        cross_kv: &CrossKv,
+        cross_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let a = self.attention.decoder_step(x, cache)?;
+        let c = self.cross.cross_step(&a, cross_kv, cross_mask)?;
+        self.ffn.forward(&c)
     }
 }
 
@@ -191,25 +223,24 @@ pub fn position_ids(cfg: &StackConfig, ids: &[u32], past: usize) -> Vec<u32> {
 /// The encoder half.
 pub struct BertEncoder {
     embeddings: Embeddings,
-    blocks: Vec<Block>,
+    layers: Vec<EncoderLayer>,
 }
 
 impl BertEncoder {
     /// `vb` points at the encoder's base model (`encoder.`).
     pub fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
         let embeddings = Embeddings::load(cfg, vb.pp("embeddings"))?;
-        let blocks = (0..cfg.num_layers)
-            .map(|i| Block::load(cfg, None, vb.pp(format!("encoder.layer.{i}"))))
+        let layers = (0..cfg.num_layers)
+            .map(|i| EncoderLayer::load(cfg, vb.pp(format!("encoder.layer.{i}"))))
             .collect::<Result<_>>()?;
-        Ok(Self { embeddings, blocks })
+        Ok(Self { embeddings, layers })
     }
 
     /// `ids`, `positions`: `[batch, len]`; `mask`: additive `[batch, 1, 1, len]`.
     pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let mut x = self.embeddings.forward(ids, positions)?;
-        for block in &self.blocks {
-            let a = block.attention.encoder_forward(&x, mask)?;
-            x = block.ffn.forward(&a)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mask)?;
         }
         Ok(x)
     }
@@ -290,7 +321,7 @@ impl LmHead {
 pub struct BertDecoder {
     cfg: StackConfig,
     embeddings: Embeddings,
-    blocks: Vec<Block>,
+    layers: Vec<DecoderLayer>,
     head: LmHead,
 }
 
@@ -300,34 +331,27 @@ impl BertDecoder {
     pub fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
         let base = vb.pp(cfg.family.decoder_base());
         let embeddings = Embeddings::load(cfg, base.pp("embeddings"))?;
-        let blocks = (0..cfg.num_layers)
+        let layers = (0..cfg.num_layers)
             .map(|i| {
-                Block::load(
-                    cfg,
-                    Some(cfg.hidden_size),
-                    base.pp(format!("encoder.layer.{i}")),
-                )
+                DecoderLayer::load(cfg, cfg.hidden_size, base.pp(format!("encoder.layer.{i}")))
             })
             .collect::<Result<_>>()?;
         let head = LmHead::load(cfg, embeddings.word_embeddings(), vb)?;
         Ok(Self {
             cfg: cfg.clone(),
             embeddings,
-            blocks,
+            layers,
             head,
         })
     }
 
     pub fn num_layers(&self) -> usize {
-        self.blocks.len()
+        self.layers.len()
     }
 
     /// Cross-attention K/V of every layer for encoder states `[inputs, src_len, d]`.
-    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
-        self.blocks
-            .iter()
-            .map(|b| b.cross.as_ref().expect("decoder block").cross_kv(enc))
-            .collect()
+    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<CrossKv>> {
+        self.layers.iter().map(|l| l.cross.cross_kv(enc)).collect()
     }
 
     /// One decoding step. `tokens`, `positions`: `[rows, 1]`. Returns logits `[rows, vocab]`.
@@ -336,18 +360,12 @@ impl BertDecoder {
         tokens: &Tensor,
         positions: &Tensor,
         caches: &mut [KvCache],
-        cross_kv: &[(Tensor, Tensor)],
+        cross_kv: &[CrossKv],
         cross_mask: &Tensor,
     ) -> Result<Tensor> {
         let mut x = self.embeddings.forward(tokens, positions)?;
-        for ((block, cache), kv) in self.blocks.iter().zip(caches.iter_mut()).zip(cross_kv) {
-            let a = block.attention.decoder_step(&x, cache)?;
-            let c = block
-                .cross
-                .as_ref()
-                .expect("decoder block")
-                .cross_step(&a, kv, cross_mask)?;
-            x = block.ffn.forward(&c)?;
+        for ((layer, cache), kv) in self.layers.iter().zip(caches.iter_mut()).zip(cross_kv) {
+            x = layer.step(&x, cache, kv, cross_mask)?;
         }
         let rows = x.dim(0)?;
         self.head.forward(&x.reshape((rows, self.cfg.hidden_size))?)

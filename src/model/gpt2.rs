@@ -7,10 +7,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
-use super::layers::{
-    chunk_last, conv1d, cross_attention_shared, cross_keys_values, layer_norm, merge_heads,
-    split_heads, KvCache, Linear,
-};
+use super::attention::{chunk_last, merge_heads, split_heads};
+use super::cross_kv::CrossKv;
+use super::kv_cache::KvCache;
+use super::linear::{conv1d, layer_norm, Linear};
 use crate::checkpoint::config::{Activation, StackConfig};
 
 struct Gpt2Block {
@@ -56,16 +56,16 @@ impl Gpt2Block {
         })
     }
 
-    fn cross_kv(&self, enc: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn cross_kv(&self, enc: &Tensor) -> Result<CrossKv> {
         let kv = chunk_last(&self.cross_kv_attn.forward(enc)?, 2)?;
-        cross_keys_values(&kv[0], &kv[1], self.heads)
+        CrossKv::new(&kv[0], &kv[1], self.heads)
     }
 
     fn step(
         &self,
         x: &Tensor,
         cache: &mut KvCache,
-        cross_kv: &(Tensor, Tensor),
+        cross_kv: &CrossKv,
         cross_mask: &Tensor,
     ) -> Result<Tensor> {
         let qkv = chunk_last(&self.c_attn.forward(&self.ln_1.forward(x)?)?, 3)?;
@@ -79,7 +79,7 @@ impl Gpt2Block {
         let x = (x + self.attn_proj.forward(&ctx)?)?;
 
         let q = self.q_attn.forward(&self.ln_cross.forward(&x)?)?;
-        let ctx = cross_attention_shared(&q, &cross_kv.0, &cross_kv.1, cross_mask, self.scale)?;
+        let ctx = cross_kv.attend(&q, cross_mask, self.scale)?;
         let x = (x + self.cross_proj.forward(&ctx)?)?;
 
         let h = self
@@ -131,7 +131,7 @@ impl Gpt2Decoder {
         self.blocks.len()
     }
 
-    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<CrossKv>> {
         self.blocks.iter().map(|b| b.cross_kv(enc)).collect()
     }
 
@@ -141,7 +141,7 @@ impl Gpt2Decoder {
         tokens: &Tensor,
         positions: &Tensor,
         caches: &mut [KvCache],
-        cross_kv: &[(Tensor, Tensor)],
+        cross_kv: &[CrossKv],
         cross_mask: &Tensor,
     ) -> Result<Tensor> {
         let mut x = (self.wte.forward(tokens)? + self.wpe.forward(positions)?)?;

@@ -6,14 +6,26 @@
 //! [`EncoderDecoderModel::decode_step`] then advances all rows (inputs × beams) by one
 //! token, growing the self-attention cache.
 
-pub mod activation;
+pub mod attention;
 pub mod bert;
-pub mod cpu;
-pub mod cross_attention;
+pub mod cross_kv;
 pub mod gpt2;
-pub mod layers;
-pub mod packed;
-pub mod small_attention;
+pub(crate) mod kernels;
+pub mod kv_cache;
+pub mod linear;
+
+pub use kernels::dispatch::{kernel_choice, CpuFeatures, KernelChoice, KernelSet, KERNELS_ENV};
+
+/// The kernels the benchmarks time directly (not a stable API).
+#[doc(hidden)]
+pub mod bench {
+    pub use super::kernels::cross_attention::{
+        attention as cross_attention, attention_with as cross_attention_with, pack_keys,
+    };
+    pub use super::kernels::dispatch::Kernels;
+    pub use super::kernels::packed::PackedWeight;
+    pub use super::kernels::small_attention::attention as small_attention;
+}
 
 use std::path::Path;
 
@@ -24,8 +36,10 @@ use candle_nn::VarBuilder;
 use crate::checkpoint::config::{EncoderDecoderConfig, Family};
 use crate::checkpoint::weights::WeightStore;
 use bert::{position_ids, BertDecoder, BertEncoder};
+use cross_kv::CrossKv;
 use gpt2::Gpt2Decoder;
-use layers::{KvCache, Linear};
+use kv_cache::KvCache;
+use linear::Linear;
 
 enum Decoder {
     Bert(BertDecoder),
@@ -40,7 +54,7 @@ impl Decoder {
         }
     }
 
-    fn cross_kv(&self, enc: &Tensor) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+    fn cross_kv(&self, enc: &Tensor) -> candle_core::Result<Vec<CrossKv>> {
         match self {
             Decoder::Bert(d) => d.cross_kv(enc),
             Decoder::Gpt2(d) => d.cross_kv(enc),
@@ -72,9 +86,8 @@ pub struct EncoderDecoderModel {
 
 /// What the decoder needs from the encoder, one row per input.
 pub struct EncoderState {
-    /// Per decoder layer: keys and values (`layers::cross_keys_values`), one row of
-    /// dimension 0 per input.
-    cross_kv: Vec<(Tensor, Tensor)>,
+    /// Per decoder layer: the encoder's keys and values, one row of dimension 0 per input.
+    cross_kv: Vec<CrossKv>,
     /// Additive padding mask `[inputs, 1, 1, src_len]`.
     mask: Tensor,
 }
@@ -91,8 +104,8 @@ impl EncoderState {
             cross_kv: self
                 .cross_kv
                 .iter()
-                .map(|(k, v)| Ok((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?)))
-                .collect::<Result<_>>()?,
+                .map(|kv| kv.select_inputs(&idx))
+                .collect::<candle_core::Result<_>>()?,
             mask: self.mask.index_select(&idx, 0)?,
         })
     }
@@ -122,6 +135,8 @@ impl EncoderDecoderModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        // Decide (and log) the CPU kernels before the first weight is packed.
+        let _ = kernel_choice();
         let tied_base = config
             .tie_encoder_decoder
             .then(|| config.decoder.family.decoder_base());
@@ -133,7 +148,7 @@ impl EncoderDecoderModel {
         let (enc_d, dec_d) = (config.encoder.hidden_size, config.decoder.hidden_size);
         let enc_to_dec_proj = if enc_d != dec_d {
             Some(
-                layers::linear(enc_d, dec_d, vb.pp("enc_to_dec_proj"))
+                linear::linear(enc_d, dec_d, vb.pp("enc_to_dec_proj"))
                     .context("loading enc_to_dec_proj")?,
             )
         } else {

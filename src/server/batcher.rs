@@ -9,8 +9,12 @@
 //!
 //! * The unit of queueing is a [`Sequence`]: one input of a request with its own reply
 //!   channel, so a request's inputs may land in different batches.
-//! * Admission is bounded: [`ModelQueue::submit`] refuses (429) when the sequences
-//!   waiting would exceed the queue capacity.
+//! * Admission is bounded: [`ModelQueue::reserve`] refuses (429) when the sequences
+//!   waiting would exceed the queue capacity. A request reserves its slots before it is
+//!   tokenized (a full queue costs a refused client no CPU) and [`ModelQueue::submit`]s
+//!   its sequences into them.
+//! * Each [`Sequence`] carries its request's [`tracing::Span`]: what the batcher and the
+//!   workers log about a sequence is logged in that span, so it carries the request id.
 //! * The batcher hands a batch to an idle worker when it is full (`max_batch_size`
 //!   sequences or `max_batch_tokens` padded tokens) or when its oldest sequence has waited
 //!   `max_wait_ms`. A batch holds only sequences with equal [`GenerationConfig`]s, taken
@@ -93,6 +97,8 @@ pub struct Sequence {
     pub ticket: Arc<Ticket>,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<SequenceResult>,
+    /// The request's span (request id, path): worker-side logs about this sequence.
+    pub span: tracing::Span,
 }
 
 pub type SequenceResult = Result<Finished, SequenceError>;
@@ -106,10 +112,15 @@ pub struct Finished {
     pub batch_size: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SequenceError {
+    #[error("sequence cancelled ({})", .0.as_str())]
     Cancelled(CancelReason),
+    /// The batcher or worker dropped the sequence unanswered (shutdown).
+    #[error("sequence dropped unanswered")]
+    Dropped,
     /// A bug (engine error or panic); the message says what.
+    #[error("{0}")]
     Failed(String),
 }
 
@@ -130,39 +141,81 @@ pub enum WorkerMsg {
 }
 
 /// Why a submission was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
-    QueueFull { queued: usize, capacity: usize },
+    #[error("model `{model}` has {queued} of {capacity} sequences queued")]
+    QueueFull {
+        model: String,
+        queued: usize,
+        capacity: usize,
+    },
+    #[error("the model's queue is closed")]
     Closed,
 }
 
 /// The handlers' side of a model's queue.
 pub struct ModelQueue {
+    model: String,
     tx: mpsc::UnboundedSender<Command>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
     queue_size: IntGauge,
 }
 
+/// Queue slots held for a request between admission and [`ModelQueue::submit`];
+/// dropping it unsubmitted (a validation error, a client gone while tokenizing) frees
+/// them. Reserved slots count as queued, in the accounting and in `encdec_queue_size`.
+pub struct Permit<'a> {
+    queue: &'a ModelQueue,
+    n: usize,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.queue.release(self.n);
+    }
+}
+
 impl ModelQueue {
-    /// Queues `seqs` (all or none).
-    pub fn submit(&self, seqs: Vec<Sequence>) -> Result<(), SubmitError> {
-        let n = seqs.len();
+    /// Admission: holds `n` slots, or refuses when the queue would exceed its capacity.
+    pub fn reserve(&self, n: usize) -> Result<Permit<'_>, SubmitError> {
+        if self.tx.is_closed() {
+            return Err(SubmitError::Closed);
+        }
         self.queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q + n <= self.capacity).then_some(q + n)
+                q.checked_add(n).filter(|&total| total <= self.capacity)
             })
             .map_err(|queued| SubmitError::QueueFull {
+                model: self.model.clone(),
                 queued,
                 capacity: self.capacity,
             })?;
         self.queue_size.add(n as i64);
-        if self.tx.send(Command::Enqueue(seqs)).is_err() {
+        Ok(Permit { queue: self, n })
+    }
+
+    /// Queues `seqs` (all or none) into the slots `permit` holds (one per sequence).
+    pub fn submit(&self, mut permit: Permit<'_>, seqs: Vec<Sequence>) -> Result<(), SubmitError> {
+        assert!(
+            std::ptr::eq(permit.queue, self) && permit.n == seqs.len(),
+            "a permit for {} sequences of this queue, not {}",
+            permit.n,
+            seqs.len()
+        );
+        self.tx
+            .send(Command::Enqueue(seqs))
+            .map_err(|_| SubmitError::Closed)?;
+        // The batcher owns the slots now and frees them as it dequeues.
+        permit.n = 0;
+        Ok(())
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             self.queue_size.sub(n as i64);
-            return Err(SubmitError::Closed);
         }
-        Ok(())
     }
 
     /// Tells the batcher that some queued sequences may be dead.
@@ -223,6 +276,7 @@ pub fn start(
     let batcher = tokio::spawn(batcher.run(rx));
     Ok((
         ModelQueue {
+            model: model.to_string(),
             tx,
             queued,
             capacity,
@@ -290,6 +344,9 @@ impl Batcher {
                         .sequences_cancelled
                         .with_label_values(&[self.model.as_str(), reason.as_str()])
                         .inc();
+                    seq.span.in_scope(|| {
+                        tracing::debug!(model = %self.model, reason = reason.as_str(), "sequence dropped from the queue");
+                    });
                     let _ = seq.reply.send(Err(SequenceError::Cancelled(reason)));
                 }
             }
@@ -327,8 +384,10 @@ impl Batcher {
             if let Err(std::sync::mpsc::SendError(WorkerMsg::Run(batch))) =
                 self.workers[worker].send(WorkerMsg::Run(batch))
             {
-                tracing::error!(model = %self.model, worker, "worker thread is gone");
                 for seq in batch {
+                    seq.span.in_scope(|| {
+                        tracing::error!(model = %self.model, worker, "worker thread is gone");
+                    });
                     let _ = seq
                         .reply
                         .send(Err(SequenceError::Failed("worker thread is gone".into())));
@@ -397,6 +456,7 @@ struct Observer<'a> {
     enqueued: Vec<Instant>,
     /// Taken when the reply is sent; what is left after generation had no answer yet.
     replies: Vec<std::sync::Mutex<Option<oneshot::Sender<SequenceResult>>>>,
+    spans: Vec<tracing::Span>,
     started: Instant,
     batch_size: usize,
 }
@@ -423,6 +483,7 @@ impl StepObserver for Observer<'_> {
         let Some(reply) = self.take_reply(input) else {
             return;
         };
+        let _span = self.spans[input].enter();
         let result = match self.worker.engine.with_texts(hypotheses.to_vec()) {
             Ok(outputs) => {
                 for g in &outputs {
@@ -430,6 +491,12 @@ impl StepObserver for Observer<'_> {
                     self.worker.m.generated_hist.observe(generated as f64);
                     self.worker.m.generated_total.inc_by(generated as u64);
                 }
+                tracing::debug!(
+                    model = %self.worker.model,
+                    worker = self.worker.n,
+                    inference_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                    "sequence finished"
+                );
                 Ok(Finished {
                     outputs,
                     queue_time: self.started.duration_since(self.enqueued[input]),
@@ -489,10 +556,18 @@ impl Worker {
     }
 
     fn cancelled(&self, seq: Sequence, reason: CancelReason) {
-        self.cancelled_reply(seq.reply, reason);
+        self.cancelled_reply(seq.reply, &seq.span, reason);
     }
 
-    fn cancelled_reply(&self, reply: oneshot::Sender<SequenceResult>, reason: CancelReason) {
+    fn cancelled_reply(
+        &self,
+        reply: oneshot::Sender<SequenceResult>,
+        span: &tracing::Span,
+        reason: CancelReason,
+    ) {
+        span.in_scope(|| {
+            tracing::debug!(model = %self.model, worker = self.n, reason = reason.as_str(), "sequence cancelled");
+        });
         match reason {
             CancelReason::Client => self.m.cancelled_client.inc(),
             CancelReason::Deadline => self.m.cancelled_deadline.inc(),
@@ -520,9 +595,17 @@ impl Worker {
             .batch_tokens
             .observe((longest * n * cfg.num_beams) as f64);
         for s in &live {
-            self.m
-                .queue_duration
-                .observe(started.duration_since(s.enqueued).as_secs_f64());
+            let waited = started.duration_since(s.enqueued);
+            self.m.queue_duration.observe(waited.as_secs_f64());
+            s.span.in_scope(|| {
+                tracing::debug!(
+                    model = %self.model,
+                    worker = self.n,
+                    batch_size = n,
+                    queue_ms = waited.as_secs_f64() * 1000.0,
+                    "sequence batched"
+                );
+            });
         }
         self.m.running.add(n as i64);
         let inputs: Vec<Vec<u32>> = live
@@ -532,16 +615,19 @@ impl Worker {
         let mut tickets = Vec::with_capacity(n);
         let mut enqueued = Vec::with_capacity(n);
         let mut replies = Vec::with_capacity(n);
+        let mut spans = Vec::with_capacity(n);
         for seq in live {
             tickets.push(seq.ticket);
             enqueued.push(seq.enqueued);
             replies.push(std::sync::Mutex::new(Some(seq.reply)));
+            spans.push(seq.span);
         }
         let observer = Observer {
             worker: self,
             tickets,
             enqueued,
             replies,
+            spans,
             started,
             batch_size: n,
         };
@@ -568,25 +654,31 @@ impl Worker {
                 Some(format!("generation panicked: {msg}"))
             }
         };
-        if let Some(message) = &failure {
-            tracing::error!(model = %self.model, worker = self.n, %message, "batch failed");
-        }
         // Finished inputs were answered by `on_finished`; the rest were cancelled, or the
-        // batch failed.
+        // batch failed (logged once per sequence, in its request's span).
         let now = Instant::now();
+        let mut failed = 0;
         for (input, ticket) in observer.tickets.iter().enumerate() {
             let Some(reply) = observer.take_reply(input) else {
                 continue;
             };
+            let span = &observer.spans[input];
             match &failure {
                 Some(message) => {
+                    failed += 1;
+                    span.in_scope(|| {
+                        tracing::error!(model = %self.model, worker = self.n, %message, "batch failed");
+                    });
                     let _ = reply.send(Err(SequenceError::Failed(message.clone())));
                 }
                 None => {
                     let reason = ticket.dead(now).unwrap_or(CancelReason::Client);
-                    self.cancelled_reply(reply, reason);
+                    self.cancelled_reply(reply, span, reason);
                 }
             }
+        }
+        if let (Some(message), 0) = (&failure, failed) {
+            tracing::error!(model = %self.model, worker = self.n, %message, "batch failed after answering every sequence");
         }
     }
 }
@@ -602,6 +694,7 @@ mod tests {
             ticket: Arc::new(Ticket::new(Instant::now() + Duration::from_secs(60))),
             enqueued: Instant::now(),
             reply: oneshot::channel().0,
+            span: tracing::Span::none(),
         }
     }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::generation::GenerationOverrides;
+use crate::tokenizer::TokenizerSettings;
 
 /// The environment variable naming the config file (same as `--config`).
 pub const CONFIG_ENV: &str = "ENCDEC_CONFIG";
@@ -216,6 +217,10 @@ pub struct ModelConfig {
     /// Generation defaults that replace the checkpoint's (requests override these).
     #[serde(default)]
     pub generation: GenerationOverrides,
+    /// transformers' tokenizer keyword arguments for this checkpoint (`[models.tokenizer]`:
+    /// `add_special_tokens`, `bos_token` ... `mask_token`, `do_lower_case`).
+    #[serde(default, skip_serializing_if = "TokenizerSettings::is_default")]
+    pub tokenizer: TokenizerSettings,
     #[serde(default)]
     pub preprocess: Preprocess,
     #[serde(default)]
@@ -267,12 +272,17 @@ pub struct Replace {
 
 impl Preprocess {
     pub fn apply(&self, text: &str) -> String {
-        let body = apply_replacements(&self.replace, text);
+        let body = self.replaced(text);
         if self.prefix.is_empty() && self.suffix.is_empty() {
             body
         } else {
             format!("{}{body}{}", self.prefix, self.suffix)
         }
+    }
+
+    /// `text` with the `replace` rules applied (no prefix or suffix).
+    pub fn replaced(&self, text: &str) -> String {
+        apply_replacements(&self.replace, text)
     }
 }
 
@@ -537,6 +547,9 @@ impl Config {
                     m.replicas
                 );
             }
+            m.tokenizer
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{at}.tokenizer.{e}"))?;
             if m.preprocess.max_input_tokens == Some(0) {
                 bail!("{at}.preprocess.max_input_tokens: must be at least 1");
             }
@@ -583,6 +596,7 @@ impl Config {
             replicas: 1,
             decoder_tokenizer: None,
             generation: GenerationOverrides::default(),
+            tokenizer: TokenizerSettings::default(),
             preprocess: Preprocess::default(),
             postprocess: Postprocess::default(),
         }

@@ -1,11 +1,30 @@
-//! API errors: `{"error": code, "message": …}` with one table from error kind to code
-//! and HTTP status (TEI/TGI conventions).
+//! API errors: `{"error": code, "message": …, "request_id": …}` with one table from
+//! error kind to code and HTTP status (TEI/TGI conventions), and the conversions of the
+//! request path's typed errors into it.
+//!
+//! The request id reaches every error body through a task-local set by
+//! [`scope_request_id`] (a middleware), so errors built anywhere below it (extractor
+//! rejections, fallbacks, the infer path) carry it without threading it through.
+
+use std::borrow::Cow;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use super::batcher::{CancelReason, SequenceError, SubmitError};
+use super::pool::LimitExceeded;
+use crate::generation::InvalidParameters;
+
+/// Longest client-supplied value quoted back in a message (characters).
+const MAX_ECHO_CHARS: usize = 64;
+/// Longest message in an error body (characters); serde's messages quote the offending
+/// field name or value, which a client controls.
+const MAX_MESSAGE_CHARS: usize = 512;
 
 /// Every way a request can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +113,9 @@ pub struct ErrorBody {
     /// model_loading, internal.
     pub error: String,
     pub message: String,
+    /// The request's `x-request-id` (generated when the client sent none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,9 +130,22 @@ impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
-            message: message.into(),
+            message: truncated(message.into(), MAX_MESSAGE_CHARS),
             retry_after: None,
         }
+    }
+
+    /// The one "shutting down" error: 503 with `Retry-After` (another replica, or this one
+    /// after a restart, will answer).
+    pub fn shutting_down() -> Self {
+        Self::new(ErrorKind::ShuttingDown, "the server is shutting down").with_retry_after(1)
+    }
+
+    pub fn deadline_exceeded() -> Self {
+        Self::new(
+            ErrorKind::DeadlineExceeded,
+            "request not answered within the server's deadline (limits.request_deadline_ms)",
+        )
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
@@ -144,6 +179,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: code.to_string(),
             message: self.message,
+            request_id: REQUEST_ID.try_with(|id| id.clone()).ok(),
         };
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
@@ -173,5 +209,104 @@ impl From<JsonRejection> for ApiError {
             other => other.body_text(),
         };
         ApiError::new(kind, message)
+    }
+}
+
+impl From<InvalidParameters> for ApiError {
+    fn from(e: InvalidParameters) -> Self {
+        ApiError::validation(format!("parameters: {e}"))
+    }
+}
+
+impl From<LimitExceeded> for ApiError {
+    fn from(e: LimitExceeded) -> Self {
+        ApiError::validation(format!("parameters: {e}"))
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::QueueFull { .. } => {
+                ApiError::new(ErrorKind::QueueFull, format!("{e}; retry later")).with_retry_after(1)
+            }
+            SubmitError::Closed => ApiError::shutting_down(),
+        }
+    }
+}
+
+impl From<SequenceError> for ApiError {
+    fn from(e: SequenceError) -> Self {
+        match e {
+            SequenceError::Cancelled(CancelReason::Deadline) => ApiError::deadline_exceeded(),
+            SequenceError::Cancelled(CancelReason::Client) => {
+                ApiError::new(ErrorKind::Cancelled, "request cancelled")
+            }
+            // The batcher dropped the sequence without an answer: it is shutting down.
+            SequenceError::Dropped => ApiError::shutting_down(),
+            SequenceError::Failed(msg) => ApiError::internal(msg),
+        }
+    }
+}
+
+/// A client-supplied value fit to quote in a message: at most [`MAX_ECHO_CHARS`]
+/// characters, longer ones cut with `…` (a 100 KB model name is not sent back).
+pub fn echo(value: &str) -> Cow<'_, str> {
+    match value.char_indices().nth(MAX_ECHO_CHARS) {
+        None => Cow::Borrowed(value),
+        Some((at, _)) => Cow::Owned(format!("{}…", &value[..at])),
+    }
+}
+
+fn truncated(mut s: String, max_chars: usize) -> String {
+    if let Some((at, _)) = s.char_indices().nth(max_chars) {
+        s.truncate(at);
+        s.push('…');
+    }
+    s
+}
+
+tokio::task_local! {
+    /// The request id of the request being handled (see [`scope_request_id`]).
+    static REQUEST_ID: String;
+}
+
+/// Middleware (inside the layer that sets `x-request-id`): makes the request id available
+/// to every [`ApiError`] built while handling the request.
+pub async fn scope_request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    REQUEST_ID.scope(id, next.run(req)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_and_messages_are_bounded() {
+        assert_eq!(echo("short"), "short");
+        let long = "é".repeat(100_000);
+        let e = echo(&long);
+        assert_eq!(e.chars().count(), MAX_ECHO_CHARS + 1);
+        assert!(e.ends_with('…'));
+        let err = ApiError::validation(long);
+        assert_eq!(err.message.chars().count(), MAX_MESSAGE_CHARS + 1);
+    }
+
+    #[test]
+    fn shutting_down_always_has_retry_after() {
+        for e in [
+            ApiError::shutting_down(),
+            SubmitError::Closed.into(),
+            SequenceError::Dropped.into(),
+        ] {
+            assert_eq!(e.kind, ErrorKind::ShuttingDown);
+            assert_eq!(e.retry_after, Some(1));
+        }
     }
 }

@@ -3,8 +3,10 @@
 //! * [`config`]: the TOML schema, env/flag overrides and validation.
 //! * [`pool`]: loading and warming up models, pre/post-processing, task routing.
 //! * [`batcher`]: per-model bounded queue, batcher task and worker threads.
-//! * [`api`]: endpoints, JSON types, OpenAPI document; [`error`]: the error table;
-//!   [`metrics`]: Prometheus metrics.
+//! * [`infer`]: the request path (validate, admit, tokenize, submit, await);
+//!   [`input`]: one input's tokenization, bounded by the input limit.
+//! * [`api`]: endpoints and the OpenAPI document; [`types`]: their JSON types;
+//!   [`error`]: the error table; [`metrics`]: Prometheus metrics.
 //!
 //! * [`conn`]: the accept loop (connection timeouts, head limits, shutdown of idle and
 //!   stalled connections); [`startup`]: `/health`, `/ready` and the model routes while
@@ -22,9 +24,12 @@ pub mod batcher;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod infer;
+pub mod input;
 pub mod metrics;
 pub mod pool;
 pub mod startup;
+pub mod types;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -8,12 +8,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::batcher::ModelQueue;
-use super::config::{parse_dtype, DeviceSpec, InputOverflow, Limits, ModelConfig, Task};
-use super::error::{ApiError, ErrorKind};
+use super::config::{parse_dtype, DeviceSpec, Limits, ModelConfig, Task};
+use super::error::{echo, ApiError, ErrorKind};
 use crate::checkpoint::config::Family;
 use crate::engine::{Engine, EngineOptions};
 use crate::generation::{GenerationConfig, GenerationOverrides, NoObserver, Outcome};
-use crate::tokenizer::InputError;
 
 /// A checkpoint loaded and warmed up, not yet serving.
 pub struct LoadedModel {
@@ -96,14 +95,16 @@ pub fn load_model_with(
             device,
             dtype,
             decoder_tokenizer: mc.decoder_tokenizer.clone(),
+            tokenizer: mc.tokenizer.clone(),
         },
     )
     .with_context(|| format!("{at}: loading {}", dir.display()))?;
+    let max_length = engine.config().decoder.max_input_tokens();
+    let generation = with_task_length(mc, &dir, limits, max_length)?;
     let defaults = engine
         .defaults()
-        .with_overrides(&mc.generation)
+        .with_overrides(&generation)
         .map_err(|e| anyhow::anyhow!("{at}.generation: {e}"))?;
-    let max_length = engine.config().decoder.max_input_tokens();
     check_limits(&defaults, limits, max_length)
         .map_err(|e| anyhow::anyhow!("{at}.generation (or the checkpoint's defaults): {e}"))?;
     let max_input_tokens = engine
@@ -129,41 +130,136 @@ pub fn load_model_with(
     })
 }
 
+/// Resolved parameters beyond the server's limits or the decoder's positions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    #[error("max_length {max_length} (max_new_tokens {new_tokens}) exceeds the server limit of {limit} new tokens")]
+    NewTokens {
+        max_length: usize,
+        new_tokens: usize,
+        limit: usize,
+    },
+    #[error("max_length {max_length} exceeds the decoder's {positions} positions")]
+    Positions { max_length: usize, positions: usize },
+    #[error("num_beams {num_beams} exceeds the server limit of {limit}")]
+    Beams { num_beams: usize, limit: usize },
+    #[error("num_return_sequences {num_return_sequences} exceeds the server limit of {limit}")]
+    ReturnSequences {
+        num_return_sequences: usize,
+        limit: usize,
+    },
+}
+
+/// The model's `generation` settings, with its tasks' default `max_new_tokens`
+/// ([`Task::default_max_new_tokens`], the largest of those it serves) when neither they
+/// nor the checkpoint set a length; kept within the server limit and the decoder's
+/// positions.
+fn with_task_length(
+    mc: &ModelConfig,
+    dir: &std::path::Path,
+    limits: &Limits,
+    max_length: usize,
+) -> Result<GenerationOverrides> {
+    let mut generation = mc.generation.clone();
+    if generation.max_length.is_some() || generation.max_new_tokens.is_some() {
+        return Ok(generation);
+    }
+    let Some(task_default) = mc
+        .tasks
+        .iter()
+        .filter_map(|t| t.default_max_new_tokens())
+        .max()
+    else {
+        return Ok(generation);
+    };
+    if checkpoint_sets_length(dir)? {
+        return Ok(generation);
+    }
+    let n = task_default
+        .min(limits.max_new_tokens)
+        .min(max_length.saturating_sub(1));
+    if n > 0 {
+        generation.max_new_tokens = Some(n);
+    }
+    Ok(generation)
+}
+
+/// Whether generation_config.json or config.json (top level) sets `max_length` or
+/// `max_new_tokens`.
+fn checkpoint_sets_length(dir: &std::path::Path) -> Result<bool> {
+    for file in ["generation_config.json", "config.json"] {
+        let path = dir.join(file);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if ["max_length", "max_new_tokens"]
+            .iter()
+            .any(|k| value.get(k).is_some_and(|v| !v.is_null()))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Whether resolved parameters are within the server's limits and the decoder's positions.
 pub fn check_limits(
     cfg: &GenerationConfig,
     limits: &Limits,
     max_length: usize,
-) -> Result<(), String> {
+) -> Result<(), LimitExceeded> {
     let new_tokens = cfg.max_length.saturating_sub(1);
     if new_tokens > limits.max_new_tokens {
-        return Err(format!(
-            "max_length {} (max_new_tokens {new_tokens}) exceeds the server limit of {} new tokens",
-            cfg.max_length, limits.max_new_tokens
-        ));
+        return Err(LimitExceeded::NewTokens {
+            max_length: cfg.max_length,
+            new_tokens,
+            limit: limits.max_new_tokens,
+        });
     }
     if cfg.max_length > max_length {
-        return Err(format!(
-            "max_length {} exceeds the decoder's {max_length} positions",
-            cfg.max_length
-        ));
+        return Err(LimitExceeded::Positions {
+            max_length: cfg.max_length,
+            positions: max_length,
+        });
     }
     if cfg.num_beams > limits.max_num_beams {
-        return Err(format!(
-            "num_beams {} exceeds the server limit of {}",
-            cfg.num_beams, limits.max_num_beams
-        ));
+        return Err(LimitExceeded::Beams {
+            num_beams: cfg.num_beams,
+            limit: limits.max_num_beams,
+        });
     }
     if cfg.num_return_sequences > limits.max_num_return_sequences {
-        return Err(format!(
-            "num_return_sequences {} exceeds the server limit of {}",
-            cfg.num_return_sequences, limits.max_num_return_sequences
-        ));
+        return Err(LimitExceeded::ReturnSequences {
+            num_return_sequences: cfg.num_return_sequences,
+            limit: limits.max_num_return_sequences,
+        });
     }
     Ok(())
 }
 
 impl LoadedModel {
+    /// The model's source as `/info` shows it: a hub id as configured, a local directory
+    /// by its name only (no filesystem paths in responses).
+    pub fn public_source(&self) -> String {
+        let source = std::path::Path::new(&self.config.source);
+        if source == self.dir.as_path() {
+            if let Some(name) = source
+                .canonicalize()
+                .ok()
+                .as_deref()
+                .unwrap_or(source)
+                .file_name()
+            {
+                return name.to_string_lossy().into_owned();
+            }
+        }
+        self.config.source.clone()
+    }
+
     pub fn name(&self) -> &str {
         &self.config.name
     }
@@ -176,17 +272,14 @@ impl LoadedModel {
     fn warm_up(&self) -> Result<()> {
         let text = self.config.preprocess.apply("Warm-up.");
         let ids = self.engine.encode(&text, Some(self.max_input_tokens))?;
-        let cfg = self
-            .defaults
-            .with_overrides(&GenerationOverrides {
-                max_length: Some(2),
-                max_new_tokens: None,
-                min_length: Some(0),
-                num_beams: Some(1),
-                num_return_sequences: Some(1),
-                ..Default::default()
-            })
-            .map_err(anyhow::Error::msg)?;
+        let cfg = self.defaults.with_overrides(&GenerationOverrides {
+            max_length: Some(2),
+            max_new_tokens: None,
+            min_length: Some(0),
+            num_beams: Some(1),
+            num_return_sequences: Some(1),
+            ..Default::default()
+        })?;
         match self
             .engine
             .generate_ids(&[ids], &cfg, &NoObserver)?
@@ -195,45 +288,6 @@ impl LoadedModel {
             [Outcome::Finished(h)] if !h.is_empty() => Ok(()),
             other => anyhow::bail!("unexpected warm-up outcome {other:?}"),
         }
-    }
-
-    /// Pre-processes and tokenizes one input (blocking; CPU work).
-    pub fn encode(
-        &self,
-        index: usize,
-        text: &str,
-        overflow: InputOverflow,
-    ) -> Result<Vec<u32>, ApiError> {
-        let text = self.config.preprocess.apply(text);
-        let input_err = |e: InputError| match e {
-            InputError::Empty => ApiError::new(
-                ErrorKind::EmptyInput,
-                format!("inputs[{index}] encodes to no tokens"),
-            ),
-            InputError::Tokenizer(msg) => {
-                ApiError::validation(format!("inputs[{index}] cannot be tokenized: {msg}"))
-            }
-        };
-        if overflow == InputOverflow::Reject {
-            let n = self
-                .engine
-                .tokenizers()
-                .count_tokens(&text)
-                .map_err(input_err)?;
-            if n > self.max_input_tokens {
-                return Err(ApiError::new(
-                    ErrorKind::InputTooLong,
-                    format!(
-                        "inputs[{index}] has {n} tokens; model `{}` takes at most {}",
-                        self.name(),
-                        self.max_input_tokens
-                    ),
-                ));
-            }
-        }
-        self.engine
-            .encode(&text, Some(self.max_input_tokens))
-            .map_err(input_err)
     }
 }
 
@@ -258,7 +312,11 @@ impl Pool {
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorKind::UnknownModel,
-                    format!("unknown model `{name}` (available: {})", self.names()),
+                    format!(
+                        "unknown model `{}` (available: {})",
+                        echo(name),
+                        self.names()
+                    ),
                 )
             })
     }
@@ -340,8 +398,8 @@ impl Pool {
                         "model `{n}` translates {}→{}, not {}→{}",
                         p.source,
                         p.target,
-                        source.unwrap_or_default(),
-                        target.unwrap_or_default()
+                        echo(source.unwrap_or_default()),
+                        echo(target.unwrap_or_default())
                     ),
                 ));
             }
@@ -360,7 +418,7 @@ impl Pool {
                     })
                     .collect();
                 let wanted = pair
-                    .map(|(s, t)| format!("{s}→{t}"))
+                    .map(|(s, t)| format!("{}→{}", echo(s), echo(t)))
                     .unwrap_or_else(|| "anything".into());
                 ApiError::new(
                     ErrorKind::UnknownTask,

@@ -35,6 +35,8 @@ use tokenizers::{
     AddedToken, Model, NormalizerWrapper, PreTokenizerWrapper, Tokenizer, TokenizerImpl,
 };
 
+use super::settings::{config_tokenizer_class, TokenizerSettings};
+
 type Impl = TokenizerImpl<
     ModelWrapper,
     NormalizerWrapper,
@@ -46,7 +48,16 @@ type Impl = TokenizerImpl<
 /// Builds the tokenizer from legacy files in `dir` (no tokenizer.json involved).
 /// Ok(None) when the directory holds none of the legacy files.
 pub fn from_legacy_files(dir: &Path) -> Result<Option<Tokenizer>> {
-    let cfg = TokConfig::load(dir)?;
+    from_legacy_files_with(dir, &TokenizerSettings::default())
+}
+
+/// [`from_legacy_files`] with `settings` applied the way transformers applies the same
+/// keyword arguments to `from_pretrained`: they win over the tokenizer files.
+pub fn from_legacy_files_with(
+    dir: &Path,
+    settings: &TokenizerSettings,
+) -> Result<Option<Tokenizer>> {
+    let cfg = TokConfig::load(dir, settings)?;
     let built = if dir.join("vocab.txt").is_file() {
         build_wordpiece(dir, &cfg)?
     } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
@@ -58,6 +69,9 @@ pub fn from_legacy_files(dir: &Path) -> Result<Option<Tokenizer>> {
     };
     let mut tok: Impl = built.tokenizer;
     register_added_tokens(&mut tok, dir, &cfg, built.base_vocab_size, built.added)?;
+    if let Some((cls, sep)) = built.bert_template {
+        tok.with_post_processor(Some(bert_template(&tok, &cls, &sep)?));
+    }
     Ok(Some(Tokenizer::from(tok)))
 }
 
@@ -67,6 +81,10 @@ struct Built {
     base_vocab_size: usize,
     /// Tokens the converter itself registers, in order.
     added: Vec<AddedToken>,
+    /// `(cls, sep)` of a BERT template to set once the added tokens have their ids: a
+    /// `vocab.txt` without `[CLS]`/`[SEP]` (google/bert2bert_L-24_wmt_*) gets them as
+    /// added tokens after the vocabulary, as transformers does.
+    bert_template: Option<(String, String)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -88,7 +106,7 @@ struct TokConfig {
 }
 
 impl TokConfig {
-    fn load(dir: &Path) -> Result<Self> {
+    fn load(dir: &Path, settings: &TokenizerSettings) -> Result<Self> {
         let mut map = read_json_object(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
         // special_tokens_map.json overrides the special tokens of tokenizer_config.json,
         // as in transformers' `from_pretrained`.
@@ -96,6 +114,19 @@ impl TokConfig {
             for (k, v) in stm {
                 map.insert(k, v);
             }
+        }
+        // AutoTokenizer falls back to config.json's `tokenizer_class`.
+        if !map.contains_key("tokenizer_class") {
+            if let Some(class) = config_tokenizer_class(dir)? {
+                map.insert("tokenizer_class".into(), Value::String(class));
+            }
+        }
+        // `from_pretrained(..., eos_token="</s>", do_lower_case=False)` win over the files.
+        for (key, token) in settings.special_tokens() {
+            map.insert(key.into(), Value::String(token.into()));
+        }
+        if let Some(lower) = settings.do_lower_case {
+            map.insert("do_lower_case".into(), Value::Bool(lower));
         }
         Ok(Self { map })
     }
@@ -186,17 +217,27 @@ fn build_wordpiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
         bail!("{} is empty", path.display());
     }
 
-    let unk = cfg
-        .special("unk_token", Some("[UNK]"))
-        .unwrap_or("[UNK]".into());
-    let cls = cfg
-        .special("cls_token", Some("[CLS]"))
-        .unwrap_or("[CLS]".into());
-    let sep = cfg
-        .special("sep_token", Some("[SEP]"))
-        .unwrap_or("[SEP]".into());
-    let pad = cfg.special("pad_token", Some("[PAD]"));
-    let mask = cfg.special("mask_token", Some("[MASK]"));
+    // BertTokenizer's defaults; bos/eos only when configured (e.g. the WMT cards'
+    // `bos_token="<s>", eos_token="</s>"`).
+    let defaults = [
+        None,
+        None,
+        Some("[UNK]"),
+        Some("[SEP]"),
+        Some("[PAD]"),
+        Some("[CLS]"),
+        Some("[MASK]"),
+    ];
+    let special = |key: &str| {
+        let at = SPECIAL_KEYS
+            .iter()
+            .position(|k| *k == key)
+            .expect("known key");
+        cfg.special(key, defaults[at])
+    };
+    let unk = special("unk_token").unwrap_or("[UNK]".into());
+    let cls = special("cls_token").unwrap_or("[CLS]".into());
+    let sep = special("sep_token").unwrap_or("[SEP]".into());
 
     let model = WordPiece::builder()
         .vocab(vocab.clone())
@@ -206,7 +247,7 @@ fn build_wordpiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
         .build()
         .map_err(|e| anyhow!("building WordPiece: {e}"))?;
 
-    let lowercase = cfg.bool_or("do_lower_case", true);
+    let lowercase = cfg.bool_or("do_lower_case", default_do_lower_case(cfg));
     let normalizer = BertNormalizer::new(
         true,
         cfg.bool_or("tokenize_chinese_chars", true),
@@ -214,11 +255,41 @@ fn build_wordpiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
         lowercase,
     );
 
+    let mut tok: Impl = TokenizerImpl::new(ModelWrapper::from(model));
+    tok.with_normalizer(Some(NormalizerWrapper::from(normalizer)))
+        .with_pre_tokenizer(Some(PreTokenizerWrapper::from(BertPreTokenizer)))
+        .with_decoder(Some(DecoderWrapper::from(WordPieceDecoder::new(
+            "##".into(),
+            true,
+        ))));
+
+    // transformers adds the named special tokens in this order (bos, eos, unk, sep, pad,
+    // cls, mask); those missing from vocab.txt get the next ids in that order.
+    let added: Vec<String> = SPECIAL_KEYS.iter().filter_map(|k| special(k)).collect();
+    let added = sorted_by_vocab_id(added, &vocab);
+    Ok(Built {
+        tokenizer: tok,
+        base_vocab_size: lines,
+        added,
+        bert_template: Some((cls, sep)),
+    })
+}
+
+/// WordPiece lower-casing when the tokenizer files don't say: the transformers classes
+/// reading a `vocab.txt` (BertTokenizer, DistilBert, Electra, ...) default to true, except
+/// the cased-only ones listed here.
+fn default_do_lower_case(cfg: &TokConfig) -> bool {
+    const CASED_CLASSES: [&str; 1] = ["BertJapaneseTokenizer"];
+    !cfg.str_opt("tokenizer_class")
+        .is_some_and(|c| CASED_CLASSES.contains(&c.trim_end_matches("Fast")))
+}
+
+/// BERT's `[CLS] $A [SEP]` / `[CLS] $A [SEP] $B [SEP]` template, with the ids the tokens
+/// have in `tok` (vocabulary or added tokens).
+fn bert_template(tok: &Impl, cls: &str, sep: &str) -> Result<PostProcessorWrapper> {
     let id_of = |t: &str| -> Result<u32> {
-        vocab
-            .get(t)
-            .copied()
-            .ok_or_else(|| anyhow!("special token {t:?} is not in {}", path.display()))
+        tok.token_to_id(t)
+            .ok_or_else(|| anyhow!("special token {t:?} is neither in vocab.txt nor added"))
     };
     let post = TemplateProcessing::builder()
         .try_single(format!("{cls}:0 $A:0 {sep}:0"))
@@ -226,30 +297,12 @@ fn build_wordpiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
         .try_pair(format!("{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1"))
         .map_err(|e| anyhow!("template: {e}"))?
         .special_tokens(vec![
-            (cls.clone(), id_of(&cls)?),
-            (sep.clone(), id_of(&sep)?),
+            (cls.to_string(), id_of(cls)?),
+            (sep.to_string(), id_of(sep)?),
         ])
         .build()
         .map_err(|e| anyhow!("template: {e}"))?;
-
-    let mut tok: Impl = TokenizerImpl::new(ModelWrapper::from(model));
-    tok.with_normalizer(Some(NormalizerWrapper::from(normalizer)))
-        .with_pre_tokenizer(Some(PreTokenizerWrapper::from(BertPreTokenizer)))
-        .with_post_processor(Some(PostProcessorWrapper::from(post)))
-        .with_decoder(Some(DecoderWrapper::from(WordPieceDecoder::new(
-            "##".into(),
-            true,
-        ))));
-
-    let mut added: Vec<String> = vec![unk, cls, sep];
-    added.extend(pad);
-    added.extend(mask);
-    let added = sorted_by_vocab_id(added, &vocab);
-    Ok(Built {
-        tokenizer: tok,
-        base_vocab_size: lines,
-        added,
-    })
+    Ok(PostProcessorWrapper::from(post))
 }
 
 /// Special tokens in the order of their vocabulary id (unknown ones last), deduplicated.
@@ -364,6 +417,7 @@ fn build_byte_level_bpe(dir: &Path, cfg: &TokConfig) -> Result<Built> {
         tokenizer: tok,
         base_vocab_size,
         added: sorted_by_vocab_id(specials, &vocab),
+        bert_template: None,
     })
 }
 
@@ -471,16 +525,75 @@ fn build_sentencepiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
         .with_decoder(Some(DecoderWrapper::from(metaspace)));
 
     // Control pieces are special added tokens, user-defined ones plain added tokens.
-    let added = proto
+    let mut added: Vec<AddedToken> = proto
         .pieces
         .iter()
         .filter(|p| p.kind == 3 || p.kind == 4)
         .map(|p| AddedToken::from(p.piece.clone(), p.kind == 3).normalized(false))
         .collect();
+    // Named special tokens (files, settings, BertGenerationTokenizer's defaults) that are
+    // not pieces get ids after them, as transformers adds them. (Pieces keep their kind:
+    // registering a normal piece such as `<unk>` would change encode/decode.)
+    for content in sentencepiece_specials(cfg) {
+        let known = proto.pieces.iter().any(|p| p.piece == content);
+        if !content.is_empty() && !known && !added.iter().any(|t| t.content == content) {
+            added.push(special_token(&content));
+        }
+    }
     Ok(Built {
         tokenizer: tok,
         base_vocab_size: proto.pieces.len(),
         added,
+        bert_template: None,
+    })
+}
+
+/// BertGenerationTokenizer's named special tokens, with the files' and settings' values.
+fn sentencepiece_specials(cfg: &TokConfig) -> Vec<String> {
+    let defaults = [
+        Some("<s>"),
+        Some("</s>"),
+        Some("<unk>"),
+        Some("<::::>"),
+        Some("<pad>"),
+        None,
+        None,
+    ];
+    SPECIAL_KEYS
+        .iter()
+        .zip(defaults)
+        .filter_map(|(k, d)| cfg.special(k, d))
+        .collect()
+}
+
+/// The named special tokens transformers' tokenizer for the legacy files in `dir` has
+/// (`all_special_tokens` less `additional_special_tokens`), class defaults included:
+/// decoding skips them all, including those that are ordinary vocabulary entries
+/// (a sentencepiece `<unk>`).
+pub fn named_special_tokens(dir: &Path, settings: &TokenizerSettings) -> Result<Vec<String>> {
+    let cfg = TokConfig::load(dir, settings)?;
+    Ok(if dir.join("vocab.txt").is_file() {
+        let defaults = [
+            None,
+            None,
+            Some("[UNK]"),
+            Some("[SEP]"),
+            Some("[PAD]"),
+            Some("[CLS]"),
+            Some("[MASK]"),
+        ];
+        SPECIAL_KEYS
+            .iter()
+            .zip(defaults)
+            .filter_map(|(k, d)| cfg.special(k, d))
+            .collect()
+    } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
+        // The tokens the BPE builder registers are special already.
+        Vec::new()
+    } else if dir.join("spiece.model").is_file() {
+        sentencepiece_specials(&cfg)
+    } else {
+        Vec::new()
     })
 }
 

@@ -3,6 +3,8 @@
 //! BERT2GPT2-style models decode with a second tokenizer.
 
 pub mod legacy;
+mod serialized;
+pub mod settings;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -10,16 +12,26 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+pub use settings::TokenizerSettings;
+
 /// Loads the tokenizer of `dir`, with any truncation/padding it carries removed:
 /// transformers' generate pipeline ignores them, and so do we.
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    load_tokenizer_with(dir, &TokenizerSettings::default())
+}
+
+/// [`load_tokenizer`] with `settings` applied as transformers applies the same
+/// `from_pretrained` keyword arguments.
+pub fn load_tokenizer_with(dir: &Path, settings: &TokenizerSettings) -> Result<Tokenizer> {
     let json = dir.join("tokenizer.json");
     let mut tok = if json.is_file() {
-        Tokenizer::from_file(&json)
+        let tok = Tokenizer::from_file(&json)
             .map_err(anyhow::Error::msg)
-            .with_context(|| format!("loading {}", json.display()))?
+            .with_context(|| format!("loading {}", json.display()))?;
+        serialized::apply_settings(tok, settings)
+            .with_context(|| format!("applying the tokenizer settings to {}", json.display()))?
     } else {
-        legacy::from_legacy_files(dir)
+        legacy::from_legacy_files_with(dir, settings)
             .with_context(|| format!("building the tokenizer of {}", dir.display()))?
             .with_context(|| {
                 format!(
@@ -46,6 +58,8 @@ pub struct Tokenizers {
     /// the named special tokens of the tokenizer config, which `tokenizer.json` does not
     /// always flag as special (e.g. sentencepiece `<unk>`).
     decoder_special_ids: HashSet<u32>,
+    /// `tokenizer(text, add_special_tokens=...)`.
+    add_special_tokens: bool,
     max_input_tokens: usize,
 }
 
@@ -60,9 +74,15 @@ pub enum InputError {
 
 impl Tokenizers {
     /// `decoder_dir`: an explicit decoder tokenizer; otherwise `dir/decoder_tokenizer`
-    /// when it exists; otherwise the encoder's tokenizer decodes too.
-    pub fn load(dir: &Path, decoder_dir: Option<&Path>, max_input_tokens: usize) -> Result<Self> {
-        let encoder_untruncated = load_tokenizer(dir)?;
+    /// when it exists; otherwise the encoder's tokenizer decodes too. `settings` apply to
+    /// the encoder's tokenizer (and so to decoding when the decoder shares it).
+    pub fn load(
+        dir: &Path,
+        decoder_dir: Option<&Path>,
+        max_input_tokens: usize,
+        settings: &TokenizerSettings,
+    ) -> Result<Self> {
+        let encoder_untruncated = load_tokenizer_with(dir, settings)?;
         let mut encoder = encoder_untruncated.clone();
         encoder
             .with_truncation(Some(truncation(max_input_tokens)))
@@ -74,15 +94,37 @@ impl Tokenizers {
             None => None,
         };
         let decoder = decoder_dir.as_deref().map(load_tokenizer).transpose()?;
-        let decoder_special_ids = special_ids(
+        let mut decoder_special_ids = special_ids(
             decoder_dir.as_deref().unwrap_or(dir),
             decoder.as_ref().unwrap_or(&encoder),
         )?;
+        match (&decoder, decoder_dir.as_deref()) {
+            (None, _) => {
+                // Tokens named special by the settings are skipped too (transformers'
+                // `all_special_ids` holds the `from_pretrained` overrides), and so are the
+                // class defaults of a tokenizer built from legacy files.
+                let mut named: Vec<String> = settings
+                    .special_tokens()
+                    .into_iter()
+                    .map(|(_, t)| t.to_string())
+                    .collect();
+                if !dir.join("tokenizer.json").is_file() {
+                    named.extend(legacy::named_special_tokens(dir, settings)?);
+                }
+                decoder_special_ids.extend(named.iter().filter_map(|t| encoder.token_to_id(t)));
+            }
+            (Some(dec), Some(d)) if !d.join("tokenizer.json").is_file() => {
+                let named = legacy::named_special_tokens(d, &TokenizerSettings::default())?;
+                decoder_special_ids.extend(named.iter().filter_map(|t| dec.token_to_id(t)));
+            }
+            _ => {}
+        }
         Ok(Self {
             encoder,
             encoder_untruncated,
             decoder,
             decoder_special_ids,
+            add_special_tokens: settings.adds_special_tokens(),
             max_input_tokens,
         })
     }
@@ -91,17 +133,22 @@ impl Tokenizers {
         self.max_input_tokens
     }
 
-    /// Token ids of `text` with the tokenizer's special tokens, truncated (special tokens
+    /// Token ids of `text` (with the tokenizer's special tokens unless the settings say
+    /// `add_special_tokens = false`), truncated (special tokens
     /// included) to `max_tokens` or the encoder's positions, whichever is smaller.
     pub fn encode(&self, text: &str, max_tokens: Option<usize>) -> Result<Vec<u32>, InputError> {
         let tokenizer_error = |e: tokenizers::Error| InputError::Tokenizer(e.to_string());
-        let mut enc = self.encoder.encode(text, true).map_err(tokenizer_error)?;
+        let special = self.add_special_tokens;
+        let mut enc = self
+            .encoder
+            .encode(text, special)
+            .map_err(tokenizer_error)?;
         if let Some(limit) = max_tokens.filter(|&m| m < enc.len()) {
             // A tighter limit than the model's: re-encode so special tokens survive.
             let mut tok = self.encoder.clone();
             tok.with_truncation(Some(truncation(limit)))
                 .map_err(tokenizer_error)?;
-            enc = tok.encode(text, true).map_err(tokenizer_error)?;
+            enc = tok.encode(text, special).map_err(tokenizer_error)?;
         }
         let ids = enc.get_ids().to_vec();
         if ids.is_empty() {
@@ -124,12 +171,17 @@ impl Tokenizers {
             .map_err(anyhow::Error::msg)
     }
 
+    /// The encoder tokenizer's token of `id` (vocabulary or added).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.encoder.id_to_token(id)
+    }
+
     /// Number of tokens `text` encodes to without truncation (for limits and metrics).
     pub fn count_tokens(&self, text: &str) -> Result<usize, InputError> {
         let tokenizer_error = |e: tokenizers::Error| InputError::Tokenizer(e.to_string());
         let enc = self
             .encoder_untruncated
-            .encode(text, true)
+            .encode(text, self.add_special_tokens)
             .map_err(tokenizer_error)?;
         Ok(enc.len())
     }

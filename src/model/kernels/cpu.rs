@@ -1,19 +1,38 @@
 //! Small helpers for the hand-written CPU kernels.
 
-use candle_core::{Result, Storage, Tensor};
+use candle_core::{DType, Result, Storage, Tensor};
 
-/// Borrowed f32 data of a contiguous CPU tensor.
+/// Borrowed f32 data of a contiguous CPU tensor, in row-major order. A strided view
+/// (a transpose, a narrowed column range) is refused: its elements are not the
+/// `elem_count` consecutive floats from its start offset.
 pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
+    if !layout.is_contiguous() {
+        candle_core::bail!("the CPU kernels need a contiguous tensor, got {layout:?}")
+    }
     let Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!("expected a CPU tensor")
     };
-    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..][..t.elem_count()];
+    let data = cpu.as_slice::<f32>()?;
+    let Some(data) = data
+        .get(layout.start_offset()..)
+        .and_then(|d| d.get(..t.elem_count()))
+    else {
+        candle_core::bail!("tensor layout {layout:?} runs past its storage")
+    };
     f(data)
 }
 
-/// Dot product with eight partial sums, which the compiler vectorises (AVX2 with the
-/// crate's target features) without reassociating floats by itself.
+/// Whether the kernels can take these tensors: contiguous f32 on the CPU.
+pub fn is_cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+}
+
+/// Dot product with eight partial sums, which the compiler vectorises without
+/// reassociating floats by itself (SSE2 on baseline x86-64; AVX2 when inlined into the
+/// AVX2 kernels).
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = a.len() / 8;

@@ -6,6 +6,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::cpu::{dot, with_slice};
+use super::dispatch::Kernels;
 use rayon::prelude::*;
 
 /// Query rows up to which this kernel is used instead of batched GEMM.
@@ -30,6 +31,20 @@ pub fn attention(
 ) -> Result<Tensor> {
     let (b, h, lq, d) = q.dims4()?;
     let lk = k.dims()[2];
+    if k.dims() != [b, h, lk, d] || v.dims() != [b, h, lk, d] {
+        candle_core::bail!(
+            "attention: queries {:?}, keys {:?} and values {:?} do not match",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    if let Some(m) = mask {
+        if m.elem_count() != b * lk {
+            candle_core::bail!("attention: mask {:?} is not [{b}, 1, 1, {lk}]", m.dims())
+        }
+    }
+    let kernels = Kernels::chosen();
     let scale = scale as f32;
     let mask = match mask {
         Some(m) => Some(m.to_dtype(DType::F32)?.contiguous()?),
@@ -51,6 +66,7 @@ pub fn attention(
                             for i in 0..lq {
                                 let qi = &qs[(bh * lq + i) * d..][..d];
                                 attend_row(
+                                    kernels,
                                     qi,
                                     |t| &kb[t * d..][..d],
                                     |t| &vb[t * d..][..d],
@@ -80,7 +96,12 @@ pub fn attention(
 
 /// One query row against `scores.len()` keys; `key(t)` and `value(t)` give position
 /// t's vectors (contiguous rows here, scattered slots in the decoder's cache).
+///
+/// Panics unless `out` and every key and value have `qi.len()` elements and `mask`, if
+/// any, covers every key.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_row<'a>(
+    kernels: Kernels,
     qi: &[f32],
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
@@ -89,23 +110,35 @@ pub fn attend_row<'a>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    let d = qi.len();
+    assert_eq!(out.len(), d, "attend_row: output and query lengths differ");
+    if let Some(m) = mask {
+        assert!(
+            m.len() >= scores.len(),
+            "attend_row: mask shorter than the keys"
+        );
+    }
     #[cfg(target_arch = "x86_64")]
-    if qi.len().is_multiple_of(8)
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+    if d.is_multiple_of(8) && kernels.has_avx2() {
+        // SAFETY: `kernels` exists only for sets this CPU supports, and this one
+        // includes AVX2 and FMA.
         unsafe { avx2::attend_row(qi, key, value, mask, scale, scores, out) };
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = kernels;
     for (t, s) in scores.iter_mut().enumerate() {
-        *s = dot(qi, key(t)) * scale + mask.map_or(0.0, |m| m[t]);
+        let k = key(t);
+        assert_eq!(k.len(), d, "attend_row: key {t} has the wrong length");
+        *s = dot(qi, k) * scale + mask.map_or(0.0, |m| m[t]);
     }
     let sum = softmax_numerators(scores);
     out.fill(0.0);
     for (t, &p) in scores.iter().enumerate() {
         let w = p / sum;
-        for (o, &x) in out.iter_mut().zip(value(t)) {
+        let v = value(t);
+        assert_eq!(v.len(), d, "attend_row: value {t} has the wrong length");
+        for (o, &x) in out.iter_mut().zip(v) {
             *o += w * x;
         }
     }
@@ -128,7 +161,7 @@ mod avx2 {
 
     /// Sums of each of eight vectors, as one vector: `[Σa₀, Σa₁, …, Σa₇]`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn sum8(a: &[__m256; 8]) -> __m256 {
+    fn sum8(a: &[__m256; 8]) -> __m256 {
         let h01 = _mm256_hadd_ps(a[0], a[1]);
         let h23 = _mm256_hadd_ps(a[2], a[3]);
         let h45 = _mm256_hadd_ps(a[4], a[5]);
@@ -142,9 +175,13 @@ mod avx2 {
 
     /// Scores eight keys at a time (eight dot products reduced together, no horizontal
     /// sum per key), softmax, then the weighted sum of values with the output row held
-    /// in registers. `qi.len()` is a multiple of 8.
+    /// in registers.
+    ///
+    /// Checks what its loads rely on: `qi.len()` a multiple of 8, `out.len() ==
+    /// qi.len()`, every key and value at least `qi.len()` long (once per vector, not
+    /// per element), and the mask, if any, at least as long as `scores`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend_row<'a>(
+    pub fn attend_row<'a>(
         qi: &[f32],
         key: impl Fn(usize) -> &'a [f32],
         value: impl Fn(usize) -> &'a [f32],
@@ -155,7 +192,11 @@ mod avx2 {
     ) {
         let d = qi.len();
         let lk = scores.len();
+        assert!(d.is_multiple_of(8));
         assert_eq!(out.len(), d);
+        if let Some(m) = mask {
+            assert!(m.len() >= lk);
+        }
         let q = qi.as_ptr();
         let scale_v = _mm256_set1_ps(scale);
         let mut t = 0;
@@ -164,16 +205,22 @@ mod avx2 {
             assert!(keys.iter().all(|k| k.len() >= d));
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..d).step_by(8) {
-                let qv = _mm256_loadu_ps(q.add(c));
-                for (a, k) in acc.iter_mut().zip(&keys) {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add(c)), *a);
+                // SAFETY: c + 8 ≤ d = qi.len() and every key holds at least d floats
+                // (asserted above).
+                unsafe {
+                    let qv = _mm256_loadu_ps(q.add(c));
+                    for (a, k) in acc.iter_mut().zip(&keys) {
+                        *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add(c)), *a);
+                    }
                 }
             }
             let mut s = _mm256_mul_ps(sum8(&acc), scale_v);
             if let Some(m) = mask {
-                s = _mm256_add_ps(s, _mm256_loadu_ps(m.as_ptr().add(t)));
+                // SAFETY: t + 8 ≤ lk ≤ m.len() (asserted above).
+                s = _mm256_add_ps(s, unsafe { _mm256_loadu_ps(m.as_ptr().add(t)) });
             }
-            _mm256_storeu_ps(scores.as_mut_ptr().add(t), s);
+            // SAFETY: t + 8 ≤ lk = scores.len().
+            unsafe { _mm256_storeu_ps(scores.as_mut_ptr().add(t), s) };
             t += 8;
         }
         for (t, s) in scores.iter_mut().enumerate().skip(t) {
@@ -189,13 +236,15 @@ mod avx2 {
                 let w = _mm256_set1_ps(p / sum);
                 let vt = value(t);
                 assert!(vt.len() >= d);
-                let row = vt.as_ptr().add(c0);
                 for (j, oj) in o.iter_mut().enumerate().take(width) {
-                    *oj = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(j * 8)), *oj);
+                    // SAFETY: c0 + 8·width ≤ d ≤ vt.len() (d is a multiple of 8).
+                    let x = unsafe { _mm256_loadu_ps(vt.as_ptr().add(c0 + j * 8)) };
+                    *oj = _mm256_fmadd_ps(w, x, *oj);
                 }
             }
             for (j, oj) in o.iter().enumerate().take(width) {
-                _mm256_storeu_ps(out.as_mut_ptr().add(c0 + j * 8), *oj);
+                // SAFETY: c0 + 8·width ≤ d = out.len().
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c0 + j * 8), *oj) };
             }
         }
     }
@@ -204,7 +253,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::cpu::reference;
+    use crate::model::kernels::cpu::reference;
 
     #[test]
     fn matches_the_gemm_formulation() {
@@ -223,6 +272,36 @@ mod tests {
             let want = reference::attention(&q, &k, &v, &mask, 0.3);
             let diff = reference::max_diff(&got, &want);
             assert!(diff < 1e-5, "lq {lq} lk {lk} d {d}: {diff}");
+        }
+    }
+
+    /// Every kernel set this CPU has, on the rows of one (input, head).
+    #[test]
+    fn every_kernel_set_matches_the_gemm_formulation() {
+        for (lk, d) in [(5, 8), (37, 64), (16, 72), (19, 12)] {
+            let [q, k, v, mask] = reference::inputs(1, lk, d, 2);
+            let want = reference::attention(&q, &k, &v, &mask, 0.3);
+            let [q, k, v, mask] =
+                [&q, &k, &v, &mask].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            for kernels in Kernels::all_supported() {
+                let mut got = vec![0f32; 2 * 3 * d];
+                for (bh, out) in got.chunks_mut(d).enumerate() {
+                    let (kb, vb) = (&k[bh * lk * d..][..lk * d], &v[bh * lk * d..][..lk * d]);
+                    attend_row(
+                        kernels,
+                        &q[bh * d..][..d],
+                        |t| &kb[t * d..][..d],
+                        |t| &vb[t * d..][..d],
+                        Some(&mask[(bh / 3) * lk..][..lk]),
+                        0.3,
+                        &mut vec![0f32; lk],
+                        out,
+                    );
+                }
+                let got = candle_core::Tensor::from_vec(got, want.dims(), want.device()).unwrap();
+                let diff = reference::max_diff(&got, &want);
+                assert!(diff < 1e-5, "{:?} lk {lk} d {d}: {diff}", kernels.set());
+            }
         }
     }
 }

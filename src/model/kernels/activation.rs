@@ -8,6 +8,7 @@
 //! computes and several times faster than a scalar `erff` per element (GELU was a
 //! tenth of an encoder pass with libm's `erff`).
 
+use super::dispatch::Kernels;
 use crate::checkpoint::config::Activation;
 
 /// Applies an activation to every element of a slice, in place.
@@ -31,16 +32,24 @@ const A3: f32 = 1.421_413_7;
 const A4: f32 = -1.453_152;
 const A5: f32 = 1.061_405_4;
 
-/// Exact (erf) GELU over a slice.
+/// Exact (erf) GELU over a slice, with the process's kernel set.
 pub fn gelu_erf(xs: &mut [f32]) {
+    gelu_erf_with(Kernels::chosen(), xs)
+}
+
+/// [`gelu_erf`] with the given kernel set.
+pub fn gelu_erf_with(kernels: Kernels, xs: &mut [f32]) {
+    #[allow(unused_mut)] // only x86-64 has a vector path
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if kernels.has_avx2() {
         done = xs.len() / 8 * 8;
-        // SAFETY: AVX2 and FMA are available (checked above); only whole vectors of
-        // eight are touched.
+        // SAFETY: `kernels` exists only for sets this CPU supports, and this one
+        // includes AVX2 and FMA.
         unsafe { avx2::gelu_erf(&mut xs[..done]) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = kernels;
     for x in &mut xs[done..] {
         *x = gelu_erf_scalar(*x);
     }
@@ -65,22 +74,26 @@ mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// GELU of every whole vector of eight in `xs` (a tail shorter than eight is left
+    /// as it is).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gelu_erf(xs: &mut [f32]) {
+    pub fn gelu_erf(xs: &mut [f32]) {
         for chunk in xs.chunks_exact_mut(8) {
-            let x = _mm256_loadu_ps(chunk.as_ptr());
+            // SAFETY: `chunk` holds exactly eight floats.
+            let x = unsafe { _mm256_loadu_ps(chunk.as_ptr()) };
             let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
             let y = _mm256_mul_ps(
                 _mm256_mul_ps(x, _mm256_set1_ps(0.5)),
                 _mm256_add_ps(_mm256_set1_ps(1.0), erf(z)),
             );
-            _mm256_storeu_ps(chunk.as_mut_ptr(), y);
+            // SAFETY: as for the load.
+            unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), y) };
         }
     }
 
     /// ATen's `Vectorized<float>::erf` (Abramowitz & Stegun 7.1.26).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn erf(x: __m256) -> __m256 {
+    fn erf(x: __m256) -> __m256 {
         let neg_zero = _mm256_set1_ps(-0.0);
         let one = _mm256_set1_ps(1.0);
         let sign = _mm256_and_ps(neg_zero, x);
@@ -98,7 +111,7 @@ mod avx2 {
     /// e^x, Cephes' single-precision polynomial after range reduction by ln 2
     /// (about 1 ulp); underflows to 0 below −87.3.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp(x: __m256) -> __m256 {
+    fn exp(x: __m256) -> __m256 {
         let x = _mm256_min_ps(x, _mm256_set1_ps(88.376_26));
         let x = _mm256_max_ps(x, _mm256_set1_ps(-88.376_26));
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
@@ -148,9 +161,15 @@ mod tests {
 
     #[test]
     fn gelu_is_within_the_approximation_error_of_exact_gelu() {
+        for kernels in Kernels::all_supported() {
+            check_gelu(kernels);
+        }
+    }
+
+    fn check_gelu(kernels: Kernels) {
         let xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.001).collect();
         let mut got = xs.clone();
-        gelu_erf(&mut got);
+        gelu_erf_with(kernels, &mut got);
         for (&x, &g) in xs.iter().zip(&got) {
             let exact = 0.5 * x as f64 * (1.0 + erf_reference(x as f64 / 2f64.sqrt()));
             // A&S 7.1.26: |Δerf| < 1.5e-7, plus a few f32 ulps (6e-8 each) in the
@@ -160,7 +179,7 @@ mod tests {
         }
         // Far tails: GELU(x) is x, or 0.
         let mut tails = vec![-90.0f32, -30.0, -9.0, 9.0, 30.0, 90.0, 0.0, -0.0];
-        gelu_erf(&mut tails);
+        gelu_erf_with(kernels, &mut tails);
         assert_eq!(tails, vec![-0.0, -0.0, -0.0, 9.0, 30.0, 90.0, 0.0, -0.0]);
         // Vector and scalar paths agree.
         for (&x, &g) in xs.iter().zip(&got) {

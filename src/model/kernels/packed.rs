@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use super::activation::SliceActivation;
+use super::dispatch::Kernels;
 
 /// Outputs per panel (two AVX vectors).
 pub const PANEL: usize = 16;
@@ -67,7 +68,7 @@ impl PackedWeight {
     }
 
     /// `out[r, j] = act(Σ_i x[r, i] · W[j, i] + bias[j])` for `x`: `[m, k]`, `out`:
-    /// `[m, n]`; bias and activation optional.
+    /// `[m, n]`; bias and activation optional. Panics if the lengths do not fit.
     pub fn matmul(
         &self,
         x: &[f32],
@@ -75,9 +76,21 @@ impl PackedWeight {
         act: Option<SliceActivation>,
         out: &mut [f32],
     ) {
+        self.matmul_with(Kernels::chosen(), x, bias, act, out)
+    }
+
+    /// [`Self::matmul`] with the given kernel set.
+    pub fn matmul_with(
+        &self,
+        kernels: Kernels,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        act: Option<SliceActivation>,
+        out: &mut [f32],
+    ) {
         assert_eq!(out.len(), x.len() / self.k * self.n);
         // SAFETY: `out` holds exactly the m × n floats `write_all` writes.
-        unsafe { self.write_all(x, bias, act, SendPtr(out.as_mut_ptr())) };
+        unsafe { self.write_all(kernels, x, bias, act, SendPtr(out.as_mut_ptr())) };
     }
 
     /// [`Self::matmul`] into a new vector, without zeroing it first (the kernel writes
@@ -94,15 +107,21 @@ impl PackedWeight {
         // of them through the raw pointer (no reference to uninitialised memory is
         // made), and only then is the length set.
         unsafe {
-            self.write_all(x, bias, act, SendPtr(out.as_mut_ptr()));
+            self.write_all(Kernels::chosen(), x, bias, act, SendPtr(out.as_mut_ptr()));
             out.set_len(len);
         }
         out
     }
 
-    /// Writes all m × n outputs through `out`, which must have room for them.
+    /// Writes all m × n outputs through `out_ptr` (m = `x.len() / k`); panics unless
+    /// `x` is whole rows and `bias`, if any, has n entries.
+    ///
+    /// # Safety
+    /// `out_ptr` must be valid for writes of m × n floats, and nothing else may access
+    /// them during the call.
     unsafe fn write_all(
         &self,
+        kernels: Kernels,
         x: &[f32],
         bias: Option<&[f32]>,
         act: Option<SliceActivation>,
@@ -122,14 +141,22 @@ impl PackedWeight {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let rows = rt * TASK_ROWS..((rt + 1) * TASK_ROWS).min(m);
             let panels = ct * panels_per_task..((ct + 1) * panels_per_task).min(num_panels);
-            // SAFETY: tasks write disjoint (row range × column range) blocks of the
-            // m × n output, which the caller guarantees room for.
-            unsafe { self.block(x, bias, act, rows, panels, out_ptr) };
+            // SAFETY: rows ⊂ 0..m and panels ⊂ 0..num_panels, so the block lies inside
+            // the m × n output the caller guarantees; tasks write disjoint blocks.
+            unsafe { self.block(kernels, x, bias, act, rows, panels, out_ptr) };
         });
     }
 
+    /// Output rows `rows` × the columns of `panels`.
+    ///
+    /// # Safety
+    /// `x.len() == m · k` and `bias`, if any, has n entries (as `write_all` asserts);
+    /// `rows ⊂ 0..m`, `panels ⊂ 0..⌈n/16⌉`; `out` is valid for writes of m × n floats
+    /// and nothing else accesses this block of them during the call.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         &self,
+        kernels: Kernels,
         x: &[f32],
         bias: Option<&[f32]>,
         act: Option<SliceActivation>,
@@ -146,17 +173,24 @@ impl PackedWeight {
             let mr = rows.len() / tiles + usize::from(tile_index < rows.len() % tiles);
             for p in panels.clone() {
                 let cols = PANEL.min(n - p * PANEL);
-                let tile = Tile {
-                    x: x.as_ptr().add(r * k),
-                    k,
-                    w: self.panels.as_ptr().add(p * k * PANEL),
-                    bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
-                    act,
-                    out: out.0.add(r * n + p * PANEL),
-                    ldo: n,
-                    cols,
-                };
-                tile.run(mr);
+                // SAFETY: rows r..r + mr of x (k floats each) are inside x; panel p
+                // (k × 16 floats) is inside self.panels; bias entries p·16..p·16 + cols
+                // are inside bias; the output rows r..r + mr, columns p·16..p·16 + cols
+                // (row stride n) are inside this task's block, which the caller
+                // guarantees.
+                unsafe {
+                    let tile = Tile {
+                        x: x.as_ptr().add(r * k),
+                        k,
+                        w: self.panels.as_ptr().add(p * k * PANEL),
+                        bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
+                        act,
+                        out: out.0.add(r * n + p * PANEL),
+                        ldo: n,
+                        cols,
+                    };
+                    tile.run(kernels, mr);
+                }
             }
             r += mr;
         }
@@ -165,11 +199,17 @@ impl PackedWeight {
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint output blocks to rayon tasks.
+// SAFETY: used only to hand disjoint output blocks to rayon tasks (`write_all`).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for Send: no two tasks write the same element.
 unsafe impl Sync for SendPtr {}
 
 /// One microkernel call: `mr` (≤ 6) rows of x against one panel.
+///
+/// Invariant (upheld where tiles are made, in `block`): `x` is valid for reads of `mr`
+/// rows of `k` floats (row stride `k`); `w` for `k × 16` floats; `bias`, if any, for
+/// `cols` floats; `out` for writes of `mr` rows of `cols` floats (row stride `ldo`) that
+/// nothing else accesses meanwhile; `cols ≤ 16`.
 struct Tile {
     x: *const f32,
     k: usize,
@@ -182,48 +222,76 @@ struct Tile {
 }
 
 impl Tile {
-    unsafe fn run(&self, mr: usize) {
+    /// # Safety
+    /// The tile's invariant holds for `mr` (1 ≤ mr ≤ 6) rows.
+    unsafe fn run(&self, kernels: Kernels, mr: usize) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            match mr {
-                6 => avx2::tile::<6>(self),
-                5 => avx2::tile::<5>(self),
-                4 => avx2::tile::<4>(self),
-                3 => avx2::tile::<3>(self),
-                2 => avx2::tile::<2>(self),
-                _ => avx2::tile::<1>(self),
+        if kernels.has_avx2() {
+            // SAFETY: `kernels` exists only for sets this CPU supports, and this one
+            // includes AVX2 and FMA; the pointers as the caller promised.
+            unsafe {
+                match mr {
+                    6 => avx2::tile::<6>(self),
+                    5 => avx2::tile::<5>(self),
+                    4 => avx2::tile::<4>(self),
+                    3 => avx2::tile::<3>(self),
+                    2 => avx2::tile::<2>(self),
+                    _ => avx2::tile::<1>(self),
+                }
             }
             return;
         }
-        self.portable(mr);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = kernels;
+        // SAFETY: as the caller promised.
+        unsafe { self.portable(mr) };
     }
 
-    /// The same sums in the same order, without SIMD.
+    /// The same products and sums, in the same order, without SIMD (and without fused
+    /// multiply-adds, which baseline x86-64 lacks; results differ in the last bits).
+    ///
+    /// # Safety
+    /// As [`Self::run`].
     unsafe fn portable(&self, mr: usize) {
+        // SAFETY: the tile's invariant: row r < mr of x has k floats, the panel k × 16.
+        let (x, w) = unsafe {
+            (
+                std::slice::from_raw_parts(self.x, mr * self.k),
+                std::slice::from_raw_parts(self.w, self.k * PANEL),
+            )
+        };
         for r in 0..mr {
             let mut acc = [0f32; PANEL];
-            for i in 0..self.k {
-                let xv = *self.x.add(r * self.k + i);
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a = xv.mul_add(*self.w.add(i * PANEL + c), *a);
+            for (&xv, wi) in x[r * self.k..][..self.k].iter().zip(w.chunks_exact(PANEL)) {
+                for (a, &wv) in acc.iter_mut().zip(wi) {
+                    *a += xv * wv;
                 }
             }
-            self.store(r, &mut acc);
+            // SAFETY: r < mr.
+            unsafe { self.store(r, &mut acc) };
         }
     }
 
     /// Adds the bias, applies the activation and writes the valid columns of one row.
+    ///
+    /// # Safety
+    /// The tile's invariant holds for more than `r` rows.
     unsafe fn store(&self, r: usize, acc: &mut [f32; PANEL]) {
         if let Some(b) = self.bias {
-            for (c, a) in acc.iter_mut().enumerate().take(self.cols) {
-                *a += *b.add(c);
+            // SAFETY: the bias pointer is valid for `cols` floats.
+            let b = unsafe { std::slice::from_raw_parts(b, self.cols) };
+            for (a, &bc) in acc.iter_mut().zip(b) {
+                *a += bc;
             }
         }
         if let Some(act) = self.act {
             act(&mut acc[..self.cols]);
         }
-        std::ptr::copy_nonoverlapping(acc.as_ptr(), self.out.add(r * self.ldo), self.cols);
+        // SAFETY: output row r has `cols` writable floats at r · ldo, and `acc` (a local)
+        // does not overlap them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(acc.as_ptr(), self.out.add(r * self.ldo), self.cols)
+        };
     }
 }
 
@@ -232,28 +300,42 @@ mod avx2 {
     use super::{Tile, PANEL};
     use std::arch::x86_64::*;
 
+    /// `R` rows against one panel, 2 × R accumulators.
+    ///
+    /// # Safety
+    /// The tile's invariant holds for `R` rows; the CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn tile<const R: usize>(t: &Tile) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let (x, w, k) = (t.x, t.w, t.k);
         for i in 0..k {
-            let w0 = _mm256_loadu_ps(w.add(i * PANEL));
-            let w1 = _mm256_loadu_ps(w.add(i * PANEL + 8));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm256_broadcast_ss(&*x.add(r * k + i));
-                a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
-                a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+            // SAFETY: the panel holds k × 16 floats and i < k; row r < R of x holds k
+            // floats.
+            unsafe {
+                let w0 = _mm256_loadu_ps(w.add(i * PANEL));
+                let w1 = _mm256_loadu_ps(w.add(i * PANEL + 8));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_broadcast_ss(&*x.add(r * k + i));
+                    a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+                }
             }
         }
         for (r, a) in acc.iter().enumerate() {
             if t.cols == PANEL && t.bias.is_none() && t.act.is_none() {
-                _mm256_storeu_ps(t.out.add(r * t.ldo), a[0]);
-                _mm256_storeu_ps(t.out.add(r * t.ldo + 8), a[1]);
+                // SAFETY: output row r < R has cols = 16 writable floats.
+                unsafe {
+                    _mm256_storeu_ps(t.out.add(r * t.ldo), a[0]);
+                    _mm256_storeu_ps(t.out.add(r * t.ldo + 8), a[1]);
+                }
             } else {
                 let mut row = [0f32; PANEL];
-                _mm256_storeu_ps(row.as_mut_ptr(), a[0]);
-                _mm256_storeu_ps(row.as_mut_ptr().add(8), a[1]);
-                t.store(r, &mut row);
+                // SAFETY: `row` holds 16 floats; r < R for `store`.
+                unsafe {
+                    _mm256_storeu_ps(row.as_mut_ptr(), a[0]);
+                    _mm256_storeu_ps(row.as_mut_ptr().add(8), a[1]);
+                    t.store(r, &mut row);
+                }
             }
         }
     }
@@ -297,14 +379,18 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|_| rand()).collect();
             let packed = PackedWeight::pack(&w, n, k);
             let relu: SliceActivation = |xs| xs.iter_mut().for_each(|v| *v = v.max(0.0));
-            for (bias, act) in [
-                (Some(&b[..]), None),
-                (None, None),
-                (Some(&b[..]), Some(relu)),
-            ] {
+            for (kernels, bias, act) in Kernels::all_supported().into_iter().flat_map(|ks| {
+                [
+                    (ks, Some(&b[..]), None),
+                    (ks, None, None),
+                    (ks, Some(&b[..]), Some(relu)),
+                ]
+            }) {
                 let mut out = vec![0f32; m * n];
-                packed.matmul(&x, bias, act, &mut out);
-                assert_eq!(out, packed.matmul_to_vec(&x, bias, act));
+                packed.matmul_with(kernels, &x, bias, act, &mut out);
+                if kernels == Kernels::chosen() {
+                    assert_eq!(out, packed.matmul_to_vec(&x, bias, act));
+                }
                 let want = naive(&x, &w, bias, k);
                 for (g, e) in out.iter().zip(&want) {
                     let e = act.map_or(*e, |f| {
