@@ -519,6 +519,41 @@ fn read_index_shards(index_path: &Path) -> Result<BTreeSet<String>> {
     Ok(shards)
 }
 
+/// Told the progress of the downloads made on one thread (see [`with_progress`]); the
+/// server shows it in `/ready`.
+pub trait DownloadProgress: Send + Sync {
+    /// A download of `file`, `total` bytes, begins.
+    fn started(&self, file: &str, total: u64);
+    /// `bytes` more bytes of it arrived.
+    fn advanced(&self, bytes: u64);
+}
+
+thread_local! {
+    static PROGRESS_SINK: std::cell::RefCell<Option<std::sync::Arc<dyn DownloadProgress>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, reporting the downloads it makes on this thread to `sink` (instead of
+/// progress bars).
+pub fn with_progress<T>(sink: std::sync::Arc<dyn DownloadProgress>, f: impl FnOnce() -> T) -> T {
+    let previous = PROGRESS_SINK.with(|s| s.replace(Some(sink)));
+    let out = f();
+    PROGRESS_SINK.with(|s| *s.borrow_mut() = previous);
+    out
+}
+
+struct SinkProgress(std::sync::Arc<dyn DownloadProgress>);
+
+impl hf_hub::api::Progress for SinkProgress {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.0.started(filename, size as u64);
+    }
+    fn update(&mut self, size: usize) {
+        self.0.advanced(size as u64);
+    }
+    fn finish(&mut self) {}
+}
+
 fn fetch_file(
     repo: &ApiRepo,
     ctx: &Ctx,
@@ -562,7 +597,10 @@ fn fetch_file(
         bytes = expected,
         "downloading"
     );
-    let result = if progress && std::io::stderr().is_terminal() {
+    let sink = PROGRESS_SINK.with(|s| s.borrow().clone());
+    let result = if let Some(sink) = sink {
+        repo.download_with_progress(name, SinkProgress(sink))
+    } else if progress && std::io::stderr().is_terminal() {
         repo.download_with_progress(name, indicatif::ProgressBar::new(0))
     } else {
         repo.download_with_progress(name, ())

@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    encdec::cli::serve::drop_empty_env_vars();
     let cli = encdec::cli::Cli::parse();
     match encdec::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

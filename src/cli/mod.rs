@@ -27,7 +27,7 @@ pub enum Command {
     Serve(serve::Args),
     /// Generate from JSONL on stdin, one JSONL result per input on stdout.
     Generate(generate::Args),
-    /// Pre-fetch a hub model into the local cache.
+    /// Pre-fetch hub models (one, or every model of a config) into the local cache.
     Download(download::Args),
     /// Score a checkpoint (or existing predictions) on a task's test set.
     Eval(eval::Args),
@@ -43,5 +43,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(args) => download::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Warmstart(args) => warmstart::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+        let cli = super::Cli::try_parse_from(["encdec", "download", "--config", "c.toml"]).unwrap();
+        assert!(matches!(cli.command, super::Command::Download(_)));
+        assert!(super::Cli::try_parse_from(["encdec", "download"]).is_err());
+        assert!(
+            super::Cli::try_parse_from(["encdec", "download", "x", "--config", "c.toml"]).is_err()
+        );
     }
 }

@@ -58,6 +58,12 @@ pub struct ApiDoc;
 
 /// Every route, with request ids, access logs and the body limit.
 pub fn router(state: Arc<AppState>) -> Router {
+    with_request_layers(routes(state))
+}
+
+/// Every route with the body limit (the server wraps them in [`with_request_layers`]
+/// together with its start-up routes).
+pub fn routes(state: Arc<AppState>) -> Router {
     let limit = state.config.limits.max_payload_bytes;
     Router::new()
         .route("/summarize", post(summarize))
@@ -73,34 +79,38 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(|req: &axum::http::Request<_>| {
-                            let id = req
-                                .headers()
-                                .get("x-request-id")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("");
-                            tracing::info_span!(
-                                "request",
-                                method = %req.method(),
-                                path = %req.uri().path(),
-                                request_id = %id,
-                            )
-                        })
-                        .on_response(
-                            DefaultOnResponse::new()
-                                .level(tracing::Level::INFO)
-                                .latency_unit(tower_http::LatencyUnit::Millis),
-                        ),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(axum::middleware::from_fn(super::error::scope_request_id)),
-        )
         .with_state(state)
+}
+
+/// Request ids (`x-request-id`, generated unless sent) and access logs.
+pub fn with_request_layers(router: Router) -> Router {
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &axum::http::Request<_>| {
+                        let id = req
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!(
+                            "request",
+                            method = %req.method(),
+                            path = %req.uri().path(),
+                            request_id = %id,
+                        )
+                    })
+                    .on_response(
+                        DefaultOnResponse::new()
+                            .level(tracing::Level::INFO)
+                            .latency_unit(tower_http::LatencyUnit::Millis),
+                    ),
+            )
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(axum::middleware::from_fn(super::error::scope_request_id)),
+    )
 }
 
 async fn not_found() -> ApiError {

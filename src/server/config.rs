@@ -5,8 +5,9 @@
 //! Overrides address a setting by its path in the file: `batching.max_wait_ms`,
 //! `models.0.device` (by index) or `models.summarize.device` (by model name). The
 //! environment spells the same path in upper case with `__` between levels
-//! (`ENCDEC_BATCHING__MAX_WAIT_MS=10`, `ENCDEC_MODELS__SUMMARIZE__DEVICE=cuda:0`); `PORT`
-//! is honoured too (below `ENCDEC_SERVER__PORT`). A value is read as a TOML value
+//! (`ENCDEC_BATCHING__MAX_WAIT_MS=10`, `ENCDEC_MODELS__SUMMARIZE__DEVICE=cuda:0`); other
+//! `ENCDEC_*` names (Kubernetes service links such as `ENCDEC_PORT=tcp://…`) are ignored.
+//! `PORT` is honoured too (below `ENCDEC_SERVER__PORT`). A value is read as a TOML value
 //! (`10`, `true`, `["summarize"]`) and, when it isn't one, as a string.
 
 use std::collections::HashSet;
@@ -51,6 +52,32 @@ pub struct ServerConfig {
     /// After SIGTERM/ctrl-c and before the drain: `/ready` answers 503 while requests are
     /// still accepted, so that load balancers stop routing here first.
     pub shutdown_delay_seconds: f64,
+    /// A request head (request line and headers) must arrive within this long of its
+    /// first byte (or of the accept, on a new connection); else 408 and close.
+    pub header_read_timeout_seconds: f64,
+    /// Longest wait for the next chunk of a request body; else 408 and close.
+    pub body_read_timeout_seconds: f64,
+    /// An idle connection between requests is closed after this long. Above the usual
+    /// load-balancer idle timeout (60 s), so that the balancer closes first and never
+    /// sends a request on a connection the server is closing.
+    pub keep_alive_timeout_seconds: f64,
+    /// Largest request head in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most header lines in a request head (431 beyond).
+    pub max_headers: usize,
+    /// When set, every route but `/health` requires `Authorization: Bearer <key>`
+    /// (401 otherwise). Never printed by `--check-config`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
+    pub api_key: Option<String>,
+    /// Origins allowed by CORS (`["*"]`: any); empty: no CORS headers.
+    pub cors_allow_origins: Vec<String>,
+}
+
+fn redacted<S: serde::Serializer>(key: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
 }
 
 impl Default for ServerConfig {
@@ -61,6 +88,13 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             shutdown_grace_seconds: 30.0,
             shutdown_delay_seconds: 0.0,
+            header_read_timeout_seconds: 10.0,
+            body_read_timeout_seconds: 10.0,
+            keep_alive_timeout_seconds: 75.0,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            api_key: None,
+            cors_allow_origins: Vec::new(),
         }
     }
 }
@@ -346,13 +380,9 @@ impl Config {
                 .context("environment variable PORT")?;
         }
         for (key, value) in &env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+            let Some(path) = env_setting_path(key) else {
                 continue;
             };
-            if key == CONFIG_ENV || rest.is_empty() {
-                continue;
-            }
-            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             set_path(&mut table, &path, parse_value(value))
                 .with_context(|| format!("environment variable {key}"))?;
@@ -389,6 +419,37 @@ impl Config {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 bail!("server.{name}: must be a number of seconds ≥ 0, got {v}");
+            }
+        }
+        for (name, v) in [
+            ("header_read_timeout_seconds", s.header_read_timeout_seconds),
+            ("body_read_timeout_seconds", s.body_read_timeout_seconds),
+            ("keep_alive_timeout_seconds", s.keep_alive_timeout_seconds),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                bail!("server.{name}: must be a number of seconds in (0, 86400], got {v}");
+            }
+        }
+        if !(1024..=1024 * 1024).contains(&s.max_header_bytes) {
+            bail!(
+                "server.max_header_bytes: must be between 1024 and 1048576, got {}",
+                s.max_header_bytes
+            );
+        }
+        if !(1..=1000).contains(&s.max_headers) {
+            bail!(
+                "server.max_headers: must be between 1 and 1000, got {}",
+                s.max_headers
+            );
+        }
+        if let Some(key) = &s.api_key {
+            if key.trim().is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("server.api_key: must be non-empty, without spaces or control characters");
+            }
+        }
+        for origin in &s.cors_allow_origins {
+            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
+                bail!("server.cors_allow_origins: `{origin}` is not a valid origin");
             }
         }
         let l = &self.limits;
@@ -544,6 +605,39 @@ impl Config {
 
 pub use crate::checkpoint::dtype::parse as parse_dtype;
 
+/// The top-level tables of [`Config`]: an `ENCDEC_<SECTION>__<KEY>` variable is a
+/// setting only when `<SECTION>` is one of these.
+pub const SECTIONS: [&str; 4] = ["server", "limits", "batching", "models"];
+
+/// The setting path an environment variable names (`ENCDEC_BATCHING__MAX_WAIT_MS` →
+/// `batching.max_wait_ms`), or `None` when it is not a setting. Kubernetes injects
+/// `ENCDEC_PORT=tcp://…`, `ENCDEC_SERVICE_HOST`, `ENCDEC_PORT_80_TCP_ADDR`, … into every
+/// pod when a Service is named `encdec` (service links); those are none of ours, so only
+/// a known section followed by `__` and a key counts.
+pub fn env_setting_path(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let (section, key) = rest.split_once("__")?;
+    let section = section.to_ascii_lowercase();
+    if key.is_empty() || !SECTIONS.contains(&section.as_str()) {
+        return None;
+    }
+    let mut path = vec![section];
+    path.extend(key.split("__").map(|s| s.to_ascii_lowercase()));
+    Some(path)
+}
+
+/// `ENCDEC_*` variables of `env` that are not settings (see [`env_setting_path`]), for a
+/// debug log: they are ignored.
+pub fn ignored_env_vars(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut names: Vec<String> = env
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(ENV_PREFIX) && k != CONFIG_ENV && env_setting_path(k).is_none())
+        .collect();
+    names.sort();
+    names
+}
+
 /// A TOML value when `s` is one (`10`, `true`, `[1, 2]`, `"x"`), else the string itself.
 fn parse_value(s: &str) -> toml::Value {
     format!("v = {s}")
@@ -665,8 +759,81 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("models[0].tasks"), "{e}");
-        let e = Config::load(None, None, env(&[("ENCDEC_SERVR__PORT", "1")]), &[]).unwrap_err();
-        assert!(format!("{e:#}").contains("servr"), "{e:#}");
+        let e = Config::load(None, None, env(&[("ENCDEC_SERVER__PROT", "1")]), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("prot"), "{e:#}");
+    }
+
+    /// What Kubernetes injects for a Service named `encdec` with a port `http` on 80.
+    const SERVICE_LINKS: [(&str, &str); 8] = [
+        ("ENCDEC_SERVICE_HOST", "10.0.0.1"),
+        ("ENCDEC_SERVICE_PORT", "80"),
+        ("ENCDEC_SERVICE_PORT_HTTP", "80"),
+        ("ENCDEC_PORT", "tcp://10.0.0.1:80"),
+        ("ENCDEC_PORT_80_TCP", "tcp://10.0.0.1:80"),
+        ("ENCDEC_PORT_80_TCP_PROTO", "tcp"),
+        ("ENCDEC_PORT_80_TCP_PORT", "80"),
+        ("ENCDEC_PORT_80_TCP_ADDR", "10.0.0.1"),
+    ];
+
+    #[test]
+    fn service_link_variables_are_not_settings() {
+        let mut vars = env(&SERVICE_LINKS);
+        vars.extend(env(&[
+            ("ENCDEC_SERVR__PORT", "1"),
+            ("ENCDEC___X", "1"),
+            ("ENCDEC_SERVER__", "1"),
+            ("ENCDEC_LIMITS__QUEUE_CAPACITY", "7"),
+            ("ENCDEC_CONFIG", "c.toml"),
+        ]));
+        let c = Config::load(None, None, vars.clone(), &[]).unwrap();
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.limits.queue_capacity, 7);
+        let ignored = ignored_env_vars(vars);
+        assert_eq!(ignored.len(), SERVICE_LINKS.len() + 3, "{ignored:?}");
+        assert!(!ignored
+            .iter()
+            .any(|n| n.contains("LIMITS") || n == CONFIG_ENV));
+        assert_eq!(
+            env_setting_path("ENCDEC_MODELS__BBC__GENERATION__NUM_BEAMS").unwrap(),
+            ["models", "bbc", "generation", "num_beams"]
+        );
+    }
+
+    #[test]
+    fn connection_limits_and_access_are_validated() {
+        let base = "[[models]]\nname = \"a\"\nsource = \"x\"\n";
+        for (server, field) in [
+            (
+                "header_read_timeout_seconds = 0",
+                "header_read_timeout_seconds",
+            ),
+            (
+                "body_read_timeout_seconds = -1",
+                "body_read_timeout_seconds",
+            ),
+            (
+                "keep_alive_timeout_seconds = nan",
+                "keep_alive_timeout_seconds",
+            ),
+            ("max_header_bytes = 10", "max_header_bytes"),
+            ("max_headers = 0", "max_headers"),
+            ("api_key = \" \"", "api_key"),
+            ("cors_allow_origins = [\"a\\nb\"]", "cors_allow_origins"),
+        ] {
+            let c = Config::from_toml_str(&format!("[server]\n{server}\n{base}")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{server}: {e}");
+        }
+        let c = Config::from_toml_str(&format!(
+            "[server]\napi_key = \"k\"\ncors_allow_origins = [\"*\"]\n{base}"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let printed = toml::to_string(&c).unwrap();
+        assert!(
+            printed.contains("<redacted>") && !printed.contains("\"k\""),
+            "{printed}"
+        );
     }
 
     #[test]

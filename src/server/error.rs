@@ -47,6 +47,14 @@ pub enum ErrorKind {
     Cancelled,
     NotFound,
     MethodNotAllowed,
+    /// Request head over `server.max_header_bytes` / `server.max_headers` (431).
+    HeadersTooLarge,
+    /// Request head or body not received in time (408).
+    RequestTimeout,
+    /// Missing or wrong `Authorization: Bearer` key (401).
+    Unauthorized,
+    /// The server is up but its models are still downloading or loading (503).
+    ModelLoading,
     Internal,
 }
 
@@ -75,6 +83,13 @@ impl ErrorKind {
             ),
             NotFound => ("not_found", StatusCode::NOT_FOUND),
             MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+            HeadersTooLarge => (
+                "headers_too_large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ),
+            RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
+            Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
+            ModelLoading => ("model_loading", StatusCode::SERVICE_UNAVAILABLE),
             Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
@@ -94,7 +109,8 @@ pub struct ErrorBody {
     /// Machine-readable code: validation, unknown_model, unknown_task, empty_input,
     /// input_too_long, too_many_inputs, invalid_json, unsupported_media_type,
     /// payload_too_large, queue_full, not_ready, shutting_down, deadline_exceeded,
-    /// not_found, method_not_allowed, internal.
+    /// not_found, method_not_allowed, headers_too_large, request_timeout, unauthorized,
+    /// model_loading, internal.
     pub error: String,
     pub message: String,
     /// The request's `x-request-id` (generated when the client sent none).

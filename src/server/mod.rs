@@ -8,23 +8,30 @@
 //! * [`api`]: endpoints and the OpenAPI document; [`types`]: their JSON types;
 //!   [`error`]: the error table; [`metrics`]: Prometheus metrics.
 //!
-//! Lifecycle: [`load`] (blocking: resolve, load and warm up every model), then [`serve`]
-//! on a listener until a shutdown future resolves: `/ready` turns 503, after
-//! `shutdown_delay_seconds` the listener closes, queued and running requests drain for up
-//! to `shutdown_grace_seconds`, and `serve` returns. [`start`] runs all that on a
+//! * [`conn`]: the accept loop (connection timeouts, head limits, shutdown of idle and
+//!   stalled connections); [`startup`]: `/health`, `/ready` and the model routes while
+//!   the models load, API key and CORS.
+//!
+//! Lifecycle: [`serve_loading`] listens at once and loads the models on a thread (the
+//! binary); [`load`] (blocking) then [`serve`] loads first (tests). Until a shutdown
+//! future resolves; then `/ready` turns 503, after `shutdown_delay_seconds` the listener
+//! closes, idle connections close, queued and running requests drain for up to
+//! `shutdown_grace_seconds`, and `serve` returns. [`start`] runs all that on a
 //! background thread and returns a [`ServerHandle`] (tests).
 
 pub mod api;
 pub mod batcher;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod infer;
 pub mod input;
 pub mod metrics;
 pub mod pool;
+pub mod startup;
 pub mod types;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -48,7 +55,7 @@ pub struct AppState {
     pub config: Config,
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
-    phase: AtomicU8,
+    phase: Arc<AtomicU8>,
 }
 
 /// Models loaded and warmed up, ready to [`serve`].
@@ -97,11 +104,153 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let Loaded {
-        config,
-        models,
-        metrics,
-    } = loaded;
+    run(Source::Loaded(loaded), listener, shutdown).await
+}
+
+/// Listens on `listener` at once and loads the models of `config` on a thread meanwhile:
+/// `/health` answers 200 from the start, `/ready` 503 with each model's state until all
+/// are ready, the model routes 503 `model_loading`. A model that fails to load ends the
+/// server with its error; `shutdown` before the end of loading stops it at once.
+pub async fn serve_loading(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    run(Source::Load(config, metrics), listener, shutdown).await
+}
+
+enum Source {
+    Loaded(Loaded),
+    Load(Config, Arc<Metrics>),
+}
+
+/// Loads every model of `config` in order, telling `startup` as it goes.
+fn load_all(config: &Config, startup: &Arc<startup::Startup>) -> Result<Vec<LoadedModel>> {
+    let mut models = Vec::with_capacity(config.models.len());
+    for (i, mc) in config.models.iter().enumerate() {
+        startup
+            .metrics
+            .model_loaded
+            .with_label_values(&[&mc.name])
+            .set(0);
+        tracing::info!(model = %mc.name, source = %mc.source, device = %mc.device, dtype = %mc.dtype, "loading model");
+        let loaded = crate::hub::with_progress(startup.download_progress(i), || {
+            pool::load_model_with(i, mc, &config.limits, &|p| startup.phase_of(i, p))
+        });
+        match loaded {
+            Ok(m) => {
+                tracing::info!(
+                    model = %mc.name,
+                    dir = %m.dir.display(),
+                    seconds = m.load_seconds,
+                    max_input_tokens = m.max_input_tokens,
+                    "model loaded and warmed up"
+                );
+                startup.ready(i);
+                models.push(m);
+            }
+            Err(e) => {
+                startup.failed(i, format!("{e:#}"));
+                return Err(e);
+            }
+        }
+    }
+    Ok(models)
+}
+
+fn conn_limits(s: &config::ServerConfig) -> conn::ConnLimits {
+    conn::ConnLimits {
+        header_read_timeout: Duration::from_secs_f64(s.header_read_timeout_seconds),
+        body_read_timeout: Duration::from_secs_f64(s.body_read_timeout_seconds),
+        keep_alive_timeout: Duration::from_secs_f64(s.keep_alive_timeout_seconds),
+        max_header_bytes: s.max_header_bytes,
+        max_headers: s.max_headers,
+    }
+}
+
+async fn run(
+    source: Source,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (config, metrics, loaded) = match source {
+        Source::Loaded(l) => (l.config, l.metrics, Some(l.models)),
+        Source::Load(c, m) => (c, m, None),
+    };
+    let phase = Arc::new(AtomicU8::new(PHASE_STARTING));
+    let startup = Arc::new(startup::Startup::new(
+        config.models.iter().map(|m| m.name.clone()).collect(),
+        phase.clone(),
+        metrics.clone(),
+    ));
+    let grace = Duration::from_secs_f64(config.server.shutdown_grace_seconds);
+    let delay = Duration::from_secs_f64(config.server.shutdown_delay_seconds);
+    let app = startup::router(startup.clone(), &config.server);
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = conn_limits(&config.server);
+    let mut listener = Some(listener);
+    let mut spawn_server = move || {
+        tracing::info!(%addr, "listening");
+        tokio::spawn(conn::run(
+            listener.take().expect("served once"),
+            app.clone(),
+            limits.clone(),
+            stop_rx.clone(),
+        ))
+    };
+    // Models still to load: listen now. Models given: once they are in place, so that
+    // the first request already finds them.
+    let mut early = loaded.is_none().then(&mut spawn_server);
+
+    // The models: given, or loaded on a plain thread (not the runtime's blocking pool,
+    // which would hold the exit back until a download or load finished).
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<Vec<LoadedModel>>>();
+    match loaded {
+        Some(models) => {
+            for i in 0..models.len() {
+                startup.ready(i);
+            }
+            let _ = loaded_tx.send(Ok(models));
+        }
+        None => {
+            let config = config.clone();
+            let startup = startup.clone();
+            std::thread::Builder::new()
+                .name("encdec-load".into())
+                .spawn(move || {
+                    let _ = loaded_tx.send(load_all(&config, &startup));
+                })
+                .context("starting the loader thread")?;
+        }
+    }
+    let mut shutdown = Box::pin(shutdown);
+    let models = tokio::select! {
+        r = loaded_rx => r.unwrap_or_else(|_| Err(anyhow::anyhow!("the loader thread panicked"))),
+        _ = &mut shutdown => {
+            // Nothing is routed here before it is ready: no delay, nothing to drain.
+            phase.store(PHASE_DRAINING, Ordering::Release);
+            tracing::info!("shutdown requested while loading: stopping");
+            let _ = stop_tx.send(true);
+            if let Some(server) = early.as_mut() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+            }
+            return Ok(());
+        }
+    };
+    let models = match models {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            if let Some(server) = early.as_mut() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+            }
+            return Err(e.context("loading the models"));
+        }
+    };
+
     let mut running = Vec::with_capacity(models.len());
     let mut pool = Vec::with_capacity(models.len());
     for m in models {
@@ -118,66 +267,53 @@ pub async fn serve(
         running.push(r);
         pool.push(Arc::new(Model { loaded: m, queue }));
     }
-    let grace = Duration::from_secs_f64(config.server.shutdown_grace_seconds);
-    let delay = Duration::from_secs_f64(config.server.shutdown_delay_seconds);
     let state = Arc::new(AppState {
         config,
         pool: Pool { models: pool },
         metrics,
-        phase: AtomicU8::new(PHASE_READY),
+        phase: phase.clone(),
     });
-    let app = api::router(state.clone());
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
+    let _ = startup.app.set(api::routes(state.clone()));
+    if phase
+        .compare_exchange(
+            PHASE_STARTING,
+            PHASE_READY,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    {
+        tracing::info!(%addr, "ready");
+    }
+    let mut server = match early {
+        Some(server) => server,
+        None => spawn_server(),
+    };
 
     // Shutdown: unready → (delay) → stop accepting and drain → (grace) → give up.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signal_state = state.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        signal_state.phase.store(PHASE_UNREADY, Ordering::Release);
-        tracing::info!(
-            delay_s = delay.as_secs_f64(),
-            grace_s = grace.as_secs_f64(),
-            "shutdown requested"
-        );
-        tokio::time::sleep(delay).await;
-        signal_state.phase.store(PHASE_DRAINING, Ordering::Release);
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future();
-    let drained_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let expired = {
-        let drained_at = drained_at.clone();
-        let stop = stopped(stop_rx);
-        async move {
-            stop.await;
-            *drained_at.lock().expect("no panics under this lock") = Some(Instant::now());
-            tokio::time::sleep(grace).await;
-        }
-    };
-    let completed = tokio::select! {
-        r = server => { r.context("serving HTTP")?; true }
-        _ = expired => false,
-    };
-    if !completed {
+    shutdown.await;
+    phase.store(PHASE_UNREADY, Ordering::Release);
+    tracing::info!(
+        delay_s = delay.as_secs_f64(),
+        grace_s = grace.as_secs_f64(),
+        "shutdown requested"
+    );
+    tokio::time::sleep(delay).await;
+    phase.store(PHASE_DRAINING, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let deadline = Instant::now() + grace;
+    if tokio::time::timeout_at(deadline.into(), &mut server)
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over: dropping unfinished requests");
+        server.abort();
         return Ok(());
     }
     // Every connection is closed: let the batchers finish and the workers exit.
     for m in &state.pool.models {
         m.queue.shutdown();
     }
-    let deadline = drained_at
-        .lock()
-        .expect("no panics under this lock")
-        .unwrap_or_else(Instant::now)
-        + grace;
     let join_all = async {
         for r in running {
             let _ = r.batcher.await;

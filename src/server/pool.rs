@@ -43,7 +43,29 @@ impl std::ops::Deref for Model {
 
 /// Resolves, loads and warms up model `index` of the config (blocking).
 pub fn load_model(index: usize, mc: &ModelConfig, limits: &Limits) -> Result<LoadedModel> {
+    load_model_with(index, mc, limits, &|_| {})
+}
+
+/// Where [`load_model_with`] is (for `/ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadPhase {
+    /// Resolving the source: a hub download unless it is a local directory.
+    Downloading,
+    Loading,
+    WarmingUp,
+}
+
+/// [`load_model`], telling `phase` as it goes.
+pub fn load_model_with(
+    index: usize,
+    mc: &ModelConfig,
+    limits: &Limits,
+    phase: &dyn Fn(LoadPhase),
+) -> Result<LoadedModel> {
     let started = Instant::now();
+    if !std::path::Path::new(&mc.source).is_dir() {
+        phase(LoadPhase::Downloading);
+    }
     let at = format!("models[{index}]");
     let opts = crate::hub::HubOptions {
         revision: mc.revision.clone(),
@@ -51,6 +73,7 @@ pub fn load_model(index: usize, mc: &ModelConfig, limits: &Limits) -> Result<Loa
     };
     let dir = crate::hub::resolve_model_dir(&mc.source, &opts)
         .with_context(|| format!("{at}.source: cannot resolve `{}`", mc.source))?;
+    phase(LoadPhase::Loading);
     let device = DeviceSpec::parse(&mc.device)
         .map_err(|e| anyhow::anyhow!("{at}.device: {e}"))?
         .device()
@@ -87,6 +110,7 @@ pub fn load_model(index: usize, mc: &ModelConfig, limits: &Limits) -> Result<Loa
         max_length,
         load_seconds: 0.0,
     };
+    phase(LoadPhase::WarmingUp);
     model
         .warm_up()
         .with_context(|| format!("{at}: warm-up generation failed"))?;

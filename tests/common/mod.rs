@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture paths and transformers' reference outputs.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -220,4 +222,156 @@ pub fn run_encdec(args: &[&str], stdin: &str) -> Output {
     pipe.write_all(stdin.as_bytes()).unwrap();
     drop(pipe);
     child.wait_with_output().unwrap()
+}
+
+/// `encdec serve` running as a child process (killed on drop), its JSON log lines
+/// forwarded on a channel.
+pub struct Served {
+    pub child: std::process::Child,
+    pub logs: std::sync::mpsc::Receiver<Value>,
+    /// `http://ADDR` once the server logged `listening`.
+    pub url: String,
+}
+
+impl Served {
+    /// Starts `encdec serve ARGS --log-format json` with `env` added to the environment
+    /// (after removing `PORT` and every `ENCDEC_*` variable of the test's own) and waits
+    /// up to `wait` for the `listening` log line.
+    pub fn start(args: &[&str], env: &[(&str, &str)], wait: std::time::Duration) -> Served {
+        Self::start_with(args, env, &[], wait)
+    }
+
+    /// [`Served::start`], also removing the variables `remove` from the environment.
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        remove: &[&str],
+        wait: std::time::Duration,
+    ) -> Served {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_encdec"));
+        for k in remove {
+            cmd.env_remove(k);
+        }
+        cmd.arg("serve")
+            .args(args)
+            .args(["--log-format", "json"])
+            .env_remove("PORT")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ENCDEC_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let (tx, logs) = std::sync::mpsc::channel::<Value>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v = serde_json::from_str::<Value>(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "fields": { "message": line } }));
+                let _ = tx.send(v);
+            }
+        });
+        let end = std::time::Instant::now() + wait;
+        let url = loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            let v = match logs.recv_timeout(left) {
+                Ok(v) => v,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("encdec serve did not log `listening` within {wait:?}")
+                }
+            };
+            if v["fields"]["message"] == "listening" {
+                break format!("http://{}", v["fields"]["addr"].as_str().unwrap());
+            }
+        };
+        Served { child, logs, url }
+    }
+
+    /// Sends SIGTERM (the shell's builtin `kill`).
+    pub fn terminate(&self) {
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if std::time::Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, headers lower-cased, body).
+pub fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Vec<(String, String)>, String) {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://").expect("http:// url");
+    let (addr, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
 }
