@@ -319,7 +319,9 @@ if want compose; then
         compose=(docker compose)
     fi
     # The compose file's own services, with what this check changes:
-    #  - encdec: the image built above, on the demo config (default.toml needs the hub),
+    #  - encdec: the image built above, on the demo config (default.toml needs the hub;
+    #    MODEL_ID/TASK/REVISION emptied, as the compose file's one-model default would
+    #    replace the config's models with a hub download),
     #  - prometheus: the stand-in when prom/prometheus can't be pulled,
     #  - grafana: run only when its image is there.
     services=(encdec prometheus)
@@ -332,6 +334,10 @@ if want compose; then
         echo "    volumes:"
         echo "      - ./config:/srv/demo/config:ro"
         echo "      - ./tests/fixtures:/srv/demo/tests/fixtures:ro"
+        echo "    environment:"
+        echo "      MODEL_ID: \"\""
+        echo "      TASK: \"\""
+        echo "      REVISION: \"\""
         if [[ -n $prometheus_image ]]; then
             echo "  prometheus:"
             echo "    image: $prometheus_image"
