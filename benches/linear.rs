@@ -1,12 +1,14 @@
 //! `y = x Wᵀ + b` at bert-base shapes: candle's GEMM (the baseline, as `x.matmul(Wᵀ)`)
-//! against the packed-panel kernel the engine uses on the CPU.
+//! against the packed-panel kernel the engine uses on the CPU, and that kernel with each
+//! kernel set this CPU supports (portable / AVX2 / AVX-512), with the AVX-512 : AVX2 ratio.
 //!
 //! cargo bench --bench linear [-- ROWS...]
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use encdec::model::bench::{cross_attention, pack_keys, small_attention, PackedWeight};
+use encdec::model::bench::{cross_attention, pack_keys, small_attention, Kernels, PackedWeight};
+use encdec::model::KernelSet;
 
 fn median_seconds(mut f: impl FnMut()) -> f64 {
     f();
@@ -54,6 +56,45 @@ fn main() -> candle_core::Result<()> {
                 packed_s * 1e3,
                 packed_s / candle
             );
+        }
+    }
+    println!();
+    let sets = Kernels::all_supported();
+    println!(
+        "packed kernel per kernel set, ms ({})",
+        sets.iter()
+            .map(|s| s.set().name())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    for (n, k) in [(768, 768), (3072, 768), (768, 3072), (30522, 768)] {
+        let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
+        let b = Tensor::randn(0f32, 1., n, &dev)?;
+        let (wv, bv) = (w.flatten_all()?.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+        let packed = PackedWeight::pack(&wv, n, k);
+        for &m in &rows {
+            let xv = Tensor::randn(0f32, 1., (m, k), &dev)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let mut out = vec![0f32; m * n];
+            let times: Vec<(KernelSet, f64)> = sets
+                .iter()
+                .map(|&ks| {
+                    let s =
+                        median_seconds(|| packed.matmul_with(ks, &xv, Some(&bv), None, &mut out));
+                    (ks.set(), s)
+                })
+                .collect();
+            let of = |set| times.iter().find(|(s, _)| *s == set).map(|(_, t)| *t);
+            let ratio = match (of(KernelSet::Avx512), of(KernelSet::Avx2)) {
+                (Some(a), Some(b)) => format!("avx512/avx2 {:.2}", a / b),
+                _ => String::new(),
+            };
+            let ms: Vec<String> = times
+                .iter()
+                .map(|(_, t)| format!("{:8.3}", t * 1e3))
+                .collect();
+            println!("{m:<6} {n:<6} {k:<6} {}  {ratio}", ms.join(" "));
         }
     }
     println!();

@@ -10,6 +10,9 @@
 //! 16 consecutive outputs are contiguous. The microkernel keeps a 6 × 16 block of
 //! outputs in 12 AVX registers, and for every k loads two weight vectors and broadcasts
 //! one x value per row: 12 FMAs per 8 loads, with no horizontal sums.
+//! With AVX-512 a panel is one zmm vector, and the kernel keeps 12 rows × two panels in
+//! 24 of the 32 registers (24 FMAs per 14 loads); every output is the same FMA chain
+//! over k in both, so the two sets give bit-identical results.
 
 use rayon::prelude::*;
 
@@ -134,7 +137,12 @@ impl PackedWeight {
             assert_eq!(b.len(), n);
         }
         let num_panels = n.div_ceil(PANEL);
-        let panels_per_task = (TASK_WEIGHT_BYTES / (k * PANEL * 4)).clamp(1, num_panels);
+        let mut panels_per_task = (TASK_WEIGHT_BYTES / (k * PANEL * 4)).clamp(1, num_panels);
+        if kernels.has_avx512() {
+            // The AVX-512 kernel takes panels in pairs; an odd count per task would
+            // leave every task a single-panel tail (k = 3072 gives one panel a task).
+            panels_per_task = panels_per_task.next_multiple_of(2).min(num_panels);
+        }
         let col_tasks = num_panels.div_ceil(panels_per_task);
         let row_tasks = m.div_ceil(TASK_ROWS);
         (0..col_tasks * row_tasks).into_par_iter().for_each(|t| {
@@ -164,6 +172,12 @@ impl PackedWeight {
         panels: std::ops::Range<usize>,
         out: SendPtr,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if kernels.has_avx512() {
+            // SAFETY: as the caller promised.
+            unsafe { self.block_avx512(kernels, x, bias, act, rows, panels, out) };
+            return;
+        }
         let (n, k) = (self.n, self.k);
         // Tiles as even as possible (32 rows: 6+6+5+5+5+5, not 6×5+2): a tile of one or
         // two rows has too few accumulators to hide the FMA latency.
@@ -191,6 +205,83 @@ impl PackedWeight {
                     };
                     tile.run(kernels, mr);
                 }
+            }
+            r += mr;
+        }
+    }
+}
+
+impl PackedWeight {
+    /// The tile of panel `p`, rows `r..` of x (how many rows is the caller's to say).
+    ///
+    /// # Safety
+    /// As for [`Self::block`], with `r` inside the block's rows and `p` inside its panels.
+    unsafe fn tile_at(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        act: Option<SliceActivation>,
+        r: usize,
+        p: usize,
+        out: SendPtr,
+    ) -> Tile {
+        let (n, k) = (self.n, self.k);
+        // SAFETY: rows from r of x are inside x; panel p (k × 16 floats) is inside
+        // self.panels; bias entries p·16.. are inside bias; the output offset
+        // r·n + p·16 is inside the caller's block.
+        unsafe {
+            Tile {
+                x: x.as_ptr().add(r * k),
+                k,
+                w: self.panels.as_ptr().add(p * k * PANEL),
+                bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
+                act,
+                out: out.0.add(r * n + p * PANEL),
+                ldo: n,
+                cols: PANEL.min(n - p * PANEL),
+            }
+        }
+    }
+
+    /// [`Self::block`] with the AVX-512 microkernel: tiles of up to 12 rows × two
+    /// panels (24 zmm accumulators), so every broadcast x value feeds two FMAs and
+    /// every weight vector twelve.
+    ///
+    /// # Safety
+    /// As [`Self::block`]; `kernels.has_avx512()`.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_avx512(
+        &self,
+        kernels: Kernels,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        act: Option<SliceActivation>,
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+        out: SendPtr,
+    ) {
+        assert!(kernels.has_avx512());
+        let tiles = rows.len().div_ceil(avx512::MR);
+        let mut r = rows.start;
+        for tile_index in 0..tiles {
+            let mr = rows.len() / tiles + usize::from(tile_index < rows.len() % tiles);
+            let mut p = panels.start;
+            while p < panels.end {
+                // SAFETY: r..r + mr lies inside the block's rows and p (and p + 1 when
+                // it is used) inside its panels, as `tile_at` requires.
+                let t0 = unsafe { self.tile_at(x, bias, act, r, p, out) };
+                let t1 = if p + 1 < panels.end {
+                    // SAFETY: as for t0, with p + 1 inside the block's panels.
+                    Some(unsafe { self.tile_at(x, bias, act, r, p + 1, out) })
+                } else {
+                    None
+                };
+                // SAFETY: the tiles' invariants hold for mr rows (above); `kernels`
+                // exists only for sets this CPU supports, and this one has AVX-512F,
+                // AVX2 and FMA (asserted above).
+                unsafe { avx512::run(&t0, t1.as_ref(), mr) };
+                p += 2;
             }
             r += mr;
         }
@@ -341,6 +432,116 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, PANEL};
+    use std::arch::x86_64::*;
+
+    /// Rows per microkernel call: 12 × 2 accumulators + 2 weight vectors + 1 broadcast
+    /// = 27 of the 32 zmm registers.
+    pub const MR: usize = 12;
+
+    /// `mr` (1 ≤ mr ≤ 12) rows against one or two panels.
+    ///
+    /// # Safety
+    /// The invariants of `t0` and `t1` (if any) hold for `mr` rows, and they share `x`
+    /// and `k`; the CPU has AVX-512F, AVX2 and FMA.
+    pub unsafe fn run(t0: &Tile, t1: Option<&Tile>, mr: usize) {
+        macro_rules! dispatch {
+            ($($r:literal)*) => {
+                match (mr, t1) {
+                    $(
+                        // SAFETY: as the caller promised, with R = mr.
+                        ($r, Some(t1)) => unsafe { tile2::<$r>(t0, t1) },
+                        // SAFETY: as the caller promised, with R = mr.
+                        ($r, None) => unsafe { tile1::<$r>(t0) },
+                    )*
+                    _ => unreachable!("AVX-512 tile of {mr} rows"),
+                }
+            };
+        }
+        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12);
+    }
+
+    /// `R` rows against two adjacent panels, 2 × R accumulators. Each output is a
+    /// plain FMA chain over i = 0..k from zero, as in the AVX2 kernel, so the results
+    /// are bit-identical to it.
+    ///
+    /// # Safety
+    /// As [`run`] with `t1` present and `R` rows.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn tile2<const R: usize>(t0: &Tile, t1: &Tile) {
+        debug_assert!(t0.x == t1.x && t0.k == t1.k);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let (x, w0p, w1p, k) = (t0.x, t0.w, t1.w, t0.k);
+        for i in 0..k {
+            // SAFETY: both panels hold k × 16 floats and i < k; row r < R of x holds k
+            // floats.
+            unsafe {
+                let w0 = _mm512_loadu_ps(w0p.add(i * PANEL));
+                let w1 = _mm512_loadu_ps(w1p.add(i * PANEL));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*x.add(r * k + i));
+                    a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
+                    a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: r < R rows, for both tiles.
+            unsafe {
+                store(t0, r, a[0]);
+                store(t1, r, a[1]);
+            }
+        }
+    }
+
+    /// `R` rows against one panel (the last, odd one of a task).
+    ///
+    /// # Safety
+    /// As [`run`] with `R` rows.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn tile1<const R: usize>(t: &Tile) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let (x, w, k) = (t.x, t.w, t.k);
+        for i in 0..k {
+            // SAFETY: the panel holds k × 16 floats and i < k; row r < R of x holds k
+            // floats.
+            unsafe {
+                let wv = _mm512_loadu_ps(w.add(i * PANEL));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*x.add(r * k + i));
+                    *a = _mm512_fmadd_ps(xv, wv, *a);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: r < R.
+            unsafe { store(t, r, *a) };
+        }
+    }
+
+    /// Writes row `r` of a tile: straight from the register when the panel is whole
+    /// and nothing follows, else through [`Tile::store`].
+    ///
+    /// # Safety
+    /// The tile's invariant holds for more than `r` rows; the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn store(t: &Tile, r: usize, a: __m512) {
+        if t.cols == PANEL && t.bias.is_none() && t.act.is_none() {
+            // SAFETY: output row r has cols = 16 writable floats.
+            unsafe { _mm512_storeu_ps(t.out.add(r * t.ldo), a) };
+        } else {
+            let mut row = [0f32; PANEL];
+            // SAFETY: `row` holds 16 floats; r is a row of the tile.
+            unsafe {
+                _mm512_storeu_ps(row.as_mut_ptr(), a);
+                t.store(r, &mut row);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +605,57 @@ mod tests {
             let mut row = vec![0f32; k];
             packed.row(n - 1, &mut row);
             assert_eq!(row, w[(n - 1) * k..]);
+        }
+    }
+
+    /// The AVX-512 kernel computes each output as the same FMA chain as the AVX2 one,
+    /// so the two agree to the bit (which keeps the parity tests independent of the
+    /// set), for tile and panel tails and for task splits of many rows and panels.
+    #[test]
+    fn avx512_is_bit_identical_to_avx2() {
+        let (Some(avx2), Some(avx512)) = (
+            Kernels::supported(super::super::dispatch::KernelSet::Avx2),
+            Kernels::supported(super::super::dispatch::KernelSet::Avx512),
+        ) else {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return;
+        };
+        let mut seed = 7u32;
+        let mut rand = || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        let gelu: SliceActivation = |xs| xs.iter_mut().for_each(|v| *v *= v.tanh());
+        for (m, k, n) in [
+            (1, 768, 48),
+            (4, 768, 200),
+            (5, 3072, 33),
+            (11, 17, 16),
+            (12, 64, 31),
+            (13, 129, 129),
+            (25, 300, 80),
+            (97, 96, 47),
+            (200, 768, 257),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|_| rand()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rand()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rand()).collect();
+            let packed = PackedWeight::pack(&w, n, k);
+            for (bias, act) in [
+                (None, None),
+                (Some(&b[..]), None),
+                (Some(&b[..]), Some(gelu)),
+            ] {
+                let mut want = vec![0f32; m * n];
+                let mut got = vec![1f32; m * n];
+                packed.matmul_with(avx2, &x, bias, act, &mut want);
+                packed.matmul_with(avx512, &x, bias, act, &mut got);
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{m}x{k}x{n}: AVX-512 differs from AVX2");
+            }
         }
     }
 }
