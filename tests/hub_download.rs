@@ -7,6 +7,8 @@
 //! `tests/fixtures/models/bert2bert` plus a few synthetic repos. The `HF_*` variables are
 //! process-global, so every test holds `ENV_LOCK` while it runs.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use common::hub::{etag, HUB_ENV_VARS};
 use encdec::hub::{resolve_model_dir, HubOptions};
 
 const FIXTURE: &str = concat!(
@@ -40,25 +43,6 @@ static ENV_LOCK: Mutex<()> = Mutex::new(());
 /// (path, authorization header) of every request the fake hub saw.
 type RequestLog = Mutex<Vec<(String, Option<String>)>>;
 
-const HF_VARS: &[&str] = &[
-    "HF_ENDPOINT",
-    "HF_HOME",
-    "HF_HUB_CACHE",
-    "HUGGINGFACE_HUB_CACHE",
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "HF_TOKEN_PATH",
-    "HF_HUB_OFFLINE",
-    "XDG_CACHE_HOME",
-    // ureq honours these and has no NO_PROXY: loopback traffic must not go to a proxy.
-    "ALL_PROXY",
-    "all_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-];
-
 /// Holds the env lock and resets every hub variable; `HF_HOME` points at a fresh tempdir.
 struct Env {
     _guard: MutexGuard<'static, ()>,
@@ -68,7 +52,7 @@ struct Env {
 impl Env {
     fn new() -> Self {
         let guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        for var in HF_VARS {
+        for var in HUB_ENV_VARS {
             std::env::remove_var(var);
         }
         let home = tempfile::tempdir().unwrap();
@@ -136,15 +120,6 @@ impl FakeRepo {
 
 fn is_lfs(name: &str) -> bool {
     name.ends_with(".safetensors") || name.ends_with(".bin")
-}
-
-/// A stable content id used as etag / blobId / lfs.sha256 (64 hex digits).
-fn etag(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for &b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}{:016x}{h:016x}{:016x}", bytes.len(), !h)
 }
 
 struct FakeHub {

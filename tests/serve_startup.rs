@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::hub::HUB_ENV_VARS;
 use common::{http, Served};
 use serde_json::Value;
 
@@ -319,24 +320,8 @@ fn wait_ready_with(url: &str, headers: &[(&str, &str)], secs: u64) -> bool {
     false
 }
 
-/// Hub variables of the test's own environment that must not reach the child
-/// (ureq honours the proxies and has no NO_PROXY: loopback must not go to a proxy).
-const HUB_VARS: &[&str] = &[
-    "HF_ENDPOINT",
-    "HF_HOME",
-    "HF_HUB_CACHE",
-    "HUGGINGFACE_HUB_CACHE",
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "HF_TOKEN_PATH",
-    "HF_HUB_OFFLINE",
-    "XDG_CACHE_HOME",
-    "ALL_PROXY",
-    "all_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
+/// encdec's own variables that must not reach the child from the test's environment.
+const SERVE_VARS: &[&str] = &[
     "MODEL_ID",
     "REVISION",
     "TASK",
@@ -349,6 +334,11 @@ const HUB_VARS: &[&str] = &[
     "API_KEY",
     "CORS_ALLOW_ORIGIN",
 ];
+
+/// Every variable a child must not inherit: the hub's, the proxies' and encdec's.
+fn hub_vars() -> Vec<&'static str> {
+    [HUB_ENV_VARS, SERVE_VARS].concat()
+}
 
 const HUB_ID: &str = "encdec-test/bert2bert";
 
@@ -373,7 +363,7 @@ fn health_answers_while_the_model_downloads_and_ready_follows_it() {
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
     ];
-    let served = Served::start_with(&[], &env, HUB_VARS, Duration::from_secs(30));
+    let served = Served::start_with(&[], &env, &hub_vars(), Duration::from_secs(30));
     let url = &served.url;
     // Listening while the weights are held back by the hub.
     let (status, _, body) = http("GET", &format!("{url}/health"), &[], None);
@@ -440,7 +430,7 @@ fn sigterm_while_downloading_exits_at_once() {
     let mut served = Served::start_with(
         &["--model", HUB_ID, "--host", "127.0.0.1", "--port", "0"],
         &[("HF_ENDPOINT", &endpoint), ("HF_HOME", &home_dir)],
-        HUB_VARS,
+        &hub_vars(),
         Duration::from_secs(30),
     );
     let end = std::time::Instant::now() + Duration::from_secs(30);
@@ -480,7 +470,7 @@ fn model_id_and_port_come_from_the_environment() {
             ("HOST", "127.0.0.1"),
             ("JSON_OUTPUT", "true"),
         ],
-        HUB_VARS,
+        &hub_vars(),
         Duration::from_secs(30),
     );
     assert_eq!(served.url, format!("http://127.0.0.1:{port}"));
@@ -510,7 +500,7 @@ fn download_config_fetches_every_model_of_the_config() {
     )
     .unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_encdec"));
-    for k in HUB_VARS {
+    for k in hub_vars() {
         cmd.env_remove(k);
     }
     let out = cmd
@@ -536,7 +526,7 @@ fn download_config_fetches_every_model_of_the_config() {
 
     // Then the cache alone serves it: offline, the model loads from what was fetched.
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_encdec"));
-    for k in HUB_VARS {
+    for k in hub_vars() {
         cmd.env_remove(k);
     }
     let out = cmd
@@ -569,7 +559,7 @@ fn a_model_that_fails_to_load_stops_the_server_with_its_error() {
     let mut served = Served::start_with(
         &["--model", &broken, "--host", "127.0.0.1", "--port", "0"],
         &[],
-        HUB_VARS,
+        &hub_vars(),
         Duration::from_secs(30),
     );
     let status = served

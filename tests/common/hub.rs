@@ -17,7 +17,29 @@ pub struct FakeHub {
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn etag(bytes: &[u8]) -> String {
+/// The variables of `huggingface_hub` and the proxy variables ureq honours (it has no
+/// NO_PROXY, so loopback traffic must not go to a proxy): what a test clears so that only
+/// its own fake hub is reached.
+pub const HUB_ENV_VARS: &[&str] = &[
+    "HF_ENDPOINT",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HF_HUB_OFFLINE",
+    "XDG_CACHE_HOME",
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+];
+
+/// A stable content id used as etag / blobId / lfs.sha256 (64 hex digits).
+pub fn etag(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for &b in bytes {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
