@@ -219,10 +219,11 @@ pub fn run(args: Args) -> Result<()> {
         .context("building the tokio runtime")?;
     // Listen first, load meanwhile: /health answers at once, /ready once loaded.
     let result = runtime.block_on(async move {
+        let shutdown = crate::server::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        crate::server::serve_loading(config, listener, crate::server::shutdown_signal()).await
+        crate::server::serve_loading(config, listener, shutdown).await
     });
     // Don't wait for threads stuck past the grace period.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
