@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use super::batcher::ModelQueue;
 use super::config::{parse_dtype, DeviceSpec, Limits, ModelConfig, Task};
 use super::error::{echo, ApiError, ErrorKind};
+use crate::checkpoint::config::{EncoderDecoderConfig, GenerationFields};
 use crate::engine::{Engine, EngineOptions};
 use crate::generation::{GenerationConfig, GenerationOverrides, NoObserver, Outcome};
 
@@ -90,7 +91,7 @@ pub fn load_model_with(
     )
     .with_context(|| format!("{at}: loading {}", dir.display()))?;
     let max_length = engine.config().decoder.max_input_tokens();
-    let generation = with_task_length(mc, &dir, limits, max_length)?;
+    let generation = with_task_length(mc, &dir, engine.config(), limits, max_length)?;
     let defaults = engine
         .defaults()
         .with_overrides(&generation)
@@ -147,6 +148,7 @@ pub enum LimitExceeded {
 fn with_task_length(
     mc: &ModelConfig,
     dir: &std::path::Path,
+    config: &EncoderDecoderConfig,
     limits: &Limits,
     max_length: usize,
 ) -> Result<GenerationOverrides> {
@@ -162,7 +164,8 @@ fn with_task_length(
     else {
         return Ok(generation);
     };
-    if checkpoint_sets_length(dir)? {
+    let checkpoint = GenerationFields::from_dir(dir)?.or(config.generation.clone());
+    if checkpoint.max_length.is_some() || checkpoint.max_new_tokens.is_some() {
         return Ok(generation);
     }
     let n = task_default
@@ -172,28 +175,6 @@ fn with_task_length(
         generation.max_new_tokens = Some(n);
     }
     Ok(generation)
-}
-
-/// Whether generation_config.json or config.json (top level) sets `max_length` or
-/// `max_new_tokens`.
-fn checkpoint_sets_length(dir: &std::path::Path) -> Result<bool> {
-    for file in ["generation_config.json", "config.json"] {
-        let path = dir.join(file);
-        if !path.is_file() {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if ["max_length", "max_new_tokens"]
-            .iter()
-            .any(|k| value.get(k).is_some_and(|v| !v.is_null()))
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Whether resolved parameters are within the server's limits and the decoder's positions.

@@ -103,6 +103,18 @@ const SPECIAL_KEYS: [&str; 7] = [
     "mask_token",
 ];
 
+/// BertTokenizer's default for each of [`SPECIAL_KEYS`]: no bos/eos unless configured
+/// (the WMT cards' `bos_token="<s>", eos_token="</s>"`).
+const BERT_SPECIAL_DEFAULTS: [Option<&str>; 7] = [
+    None,
+    None,
+    Some("[UNK]"),
+    Some("[SEP]"),
+    Some("[PAD]"),
+    Some("[CLS]"),
+    Some("[MASK]"),
+];
+
 struct TokConfig {
     map: Map<String, Value>,
 }
@@ -191,17 +203,7 @@ fn build_wordpiece(dir: &Path, cfg: &TokConfig) -> Result<Built> {
         bail!("{} is empty", path.display());
     }
 
-    // BertTokenizer's defaults; bos/eos only when configured (e.g. the WMT cards'
-    // `bos_token="<s>", eos_token="</s>"`).
-    let defaults = [
-        None,
-        None,
-        Some("[UNK]"),
-        Some("[SEP]"),
-        Some("[PAD]"),
-        Some("[CLS]"),
-        Some("[MASK]"),
-    ];
+    let defaults = BERT_SPECIAL_DEFAULTS;
     let special = |key: &str| {
         let at = SPECIAL_KEYS
             .iter()
@@ -549,15 +551,7 @@ fn sentencepiece_specials(cfg: &TokConfig) -> Vec<String> {
 pub fn named_special_tokens(dir: &Path, settings: &TokenizerSettings) -> Result<Vec<String>> {
     let cfg = TokConfig::load(dir, settings)?;
     Ok(if dir.join("vocab.txt").is_file() {
-        let defaults = [
-            None,
-            None,
-            Some("[UNK]"),
-            Some("[SEP]"),
-            Some("[PAD]"),
-            Some("[CLS]"),
-            Some("[MASK]"),
-        ];
+        let defaults = BERT_SPECIAL_DEFAULTS;
         SPECIAL_KEYS
             .iter()
             .zip(defaults)

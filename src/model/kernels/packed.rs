@@ -546,6 +546,20 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// Reproducible values in [-0.5, 0.5).
+    struct Lcg(u32);
+
+    impl Lcg {
+        fn take(&mut self, len: usize) -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    self.0 = self.0.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (self.0 >> 8) as f32 / (1 << 24) as f32 - 0.5
+                })
+                .collect()
+        }
+    }
+
     fn naive(x: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize) -> Vec<f32> {
         let (m, n) = (x.len() / k, w.len() / k);
         let mut out = vec![0f32; m * n];
@@ -562,11 +576,7 @@ mod tests {
 
     #[test]
     fn matches_naive_for_odd_shapes() {
-        let mut seed = 11u32;
-        let mut rand = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let mut rng = Lcg(11u32);
         for (m, k, n) in [
             (1, 32, 5),
             (3, 37, 130),
@@ -575,9 +585,7 @@ mod tests {
             (13, 64, 129),
             (200, 50, 33),
         ] {
-            let x: Vec<f32> = (0..m * k).map(|_| rand()).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| rand()).collect();
-            let b: Vec<f32> = (0..n).map(|_| rand()).collect();
+            let (x, w, b) = (rng.take(m * k), rng.take(n * k), rng.take(n));
             let packed = PackedWeight::pack(&w, n, k);
             let relu: SliceActivation = |xs| xs.iter_mut().for_each(|v| *v = v.max(0.0));
             for (kernels, bias, act) in Kernels::all_supported().into_iter().flat_map(|ks| {
@@ -620,11 +628,7 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX-512");
             return;
         };
-        let mut seed = 7u32;
-        let mut rand = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let mut rng = Lcg(7u32);
         let gelu: SliceActivation = |xs| xs.iter_mut().for_each(|v| *v *= v.tanh());
         for (m, k, n) in [
             (1, 768, 48),
@@ -637,9 +641,7 @@ mod tests {
             (97, 96, 47),
             (200, 768, 257),
         ] {
-            let x: Vec<f32> = (0..m * k).map(|_| rand()).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| rand()).collect();
-            let b: Vec<f32> = (0..n).map(|_| rand()).collect();
+            let (x, w, b) = (rng.take(m * k), rng.take(n * k), rng.take(n));
             let packed = PackedWeight::pack(&w, n, k);
             for (bias, act) in [
                 (None, None),
