@@ -9,8 +9,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::attention::{attention, merge_heads, project_heads};
-use super::cross_kv::CrossKv;
-use super::kv_cache::KvCache;
+use super::cross_kv::{CrossBatch, CrossKv};
+use super::kv_cache::{History, KvCache};
 use super::linear::{layer_norm, linear, Linear};
 use crate::checkpoint::config::{Activation, Family, StackConfig};
 
@@ -99,27 +99,28 @@ impl AttentionBlock {
     }
 
     /// Causal self-attention for one new token per row, with the cache holding the past.
-    fn decoder_step(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    fn decoder_step(&self, x: &Tensor, cache: &mut KvCache, history: &History) -> Result<Tensor> {
         let q = project_heads(&self.query, x, self.heads)?;
         let k = project_heads(&self.key, x, self.heads)?;
         let v = project_heads(&self.value, x, self.heads)?;
-        let ctx = cache.attend(&q, &k, &v, self.scale)?;
+        let ctx = cache.attend(&q, &k, &v, self.scale, history)?;
         self.finish(&merge_heads(&ctx)?, x)
     }
 
     /// Encoder keys/values for cross-attention, computed once per input.
-    fn cross_kv(&self, enc: &Tensor) -> Result<CrossKv> {
-        CrossKv::new(
+    fn cross_kv(&self, enc: &Tensor, lens: &[usize]) -> Result<Vec<CrossKv>> {
+        CrossKv::per_input(
             &self.key.forward(enc)?,
             &self.value.forward(enc)?,
             self.heads,
+            lens,
         )
     }
 
     /// Cross-attention of one new token per row over its input's encoder states.
-    fn cross_step(&self, x: &Tensor, kv: &CrossKv, mask: &Tensor) -> Result<Tensor> {
+    fn cross_step(&self, x: &Tensor, cross: &CrossBatch, layer: usize) -> Result<Tensor> {
         let q = self.query.forward(x)?;
-        let ctx = kv.attend(&q, mask, self.scale)?;
+        let ctx = cross.attend(layer, &q, self.scale)?;
         self.finish(&ctx, x)
     }
 }
@@ -189,11 +190,12 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         cache: &mut KvCache,
-        cross_kv: &CrossKv,
-        cross_mask: &Tensor,
+        history: &History,
+        cross: &CrossBatch,
+        layer: usize,
     ) -> Result<Tensor> {
-        let a = self.attention.decoder_step(x, cache)?;
-        let c = self.cross.cross_step(&a, cross_kv, cross_mask)?;
+        let a = self.attention.decoder_step(x, cache, history)?;
+        let c = self.cross.cross_step(&a, cross, layer)?;
         self.ffn.forward(&c)
     }
 }
@@ -349,9 +351,13 @@ impl BertDecoder {
         self.layers.len()
     }
 
-    /// Cross-attention K/V of every layer for encoder states `[inputs, src_len, d]`.
-    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<CrossKv>> {
-        self.layers.iter().map(|l| l.cross.cross_kv(enc)).collect()
+    /// Cross-attention K/V of every layer (outer) and input (inner) for encoder states
+    /// `[inputs, src_len, d]` of inputs of lengths `lens`.
+    pub fn cross_kv(&self, enc: &Tensor, lens: &[usize]) -> Result<Vec<Vec<CrossKv>>> {
+        self.layers
+            .iter()
+            .map(|l| l.cross.cross_kv(enc, lens))
+            .collect()
     }
 
     /// One decoding step. `tokens`, `positions`: `[rows, 1]`. Returns logits `[rows, vocab]`.
@@ -360,12 +366,12 @@ impl BertDecoder {
         tokens: &Tensor,
         positions: &Tensor,
         caches: &mut [KvCache],
-        cross_kv: &[CrossKv],
-        cross_mask: &Tensor,
+        history: &History,
+        cross: &CrossBatch,
     ) -> Result<Tensor> {
         let mut x = self.embeddings.forward(tokens, positions)?;
-        for ((layer, cache), kv) in self.layers.iter().zip(caches.iter_mut()).zip(cross_kv) {
-            x = layer.step(&x, cache, kv, cross_mask)?;
+        for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
+            x = layer.step(&x, cache, history, cross, i)?;
         }
         let rows = x.dim(0)?;
         self.head.forward(&x.reshape((rows, self.cfg.hidden_size))?)

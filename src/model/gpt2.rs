@@ -8,8 +8,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::attention::{chunk_last, merge_heads, split_heads};
-use super::cross_kv::CrossKv;
-use super::kv_cache::KvCache;
+use super::cross_kv::{CrossBatch, CrossKv};
+use super::kv_cache::{History, KvCache};
 use super::linear::{conv1d, layer_norm, Linear};
 use crate::checkpoint::config::{Activation, StackConfig};
 
@@ -56,17 +56,18 @@ impl Gpt2Block {
         })
     }
 
-    fn cross_kv(&self, enc: &Tensor) -> Result<CrossKv> {
+    fn cross_kv(&self, enc: &Tensor, lens: &[usize]) -> Result<Vec<CrossKv>> {
         let kv = chunk_last(&self.cross_kv_attn.forward(enc)?, 2)?;
-        CrossKv::new(&kv[0], &kv[1], self.heads)
+        CrossKv::per_input(&kv[0], &kv[1], self.heads, lens)
     }
 
     fn step(
         &self,
         x: &Tensor,
         cache: &mut KvCache,
-        cross_kv: &CrossKv,
-        cross_mask: &Tensor,
+        history: &History,
+        cross: &CrossBatch,
+        layer: usize,
     ) -> Result<Tensor> {
         let qkv = chunk_last(&self.c_attn.forward(&self.ln_1.forward(x)?)?, 3)?;
         let q = split_heads(&qkv[0], self.heads)?;
@@ -75,11 +76,12 @@ impl Gpt2Block {
             &split_heads(&qkv[1], self.heads)?,
             &split_heads(&qkv[2], self.heads)?,
             self.scale,
+            history,
         )?)?;
         let x = (x + self.attn_proj.forward(&ctx)?)?;
 
         let q = self.q_attn.forward(&self.ln_cross.forward(&x)?)?;
-        let ctx = cross_kv.attend(&q, cross_mask, self.scale)?;
+        let ctx = cross.attend(layer, &q, self.scale)?;
         let x = (x + self.cross_proj.forward(&ctx)?)?;
 
         let h = self
@@ -131,8 +133,9 @@ impl Gpt2Decoder {
         self.blocks.len()
     }
 
-    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<CrossKv>> {
-        self.blocks.iter().map(|b| b.cross_kv(enc)).collect()
+    /// Cross-attention K/V of every block (outer) and input (inner).
+    pub fn cross_kv(&self, enc: &Tensor, lens: &[usize]) -> Result<Vec<Vec<CrossKv>>> {
+        self.blocks.iter().map(|b| b.cross_kv(enc, lens)).collect()
     }
 
     /// One decoding step. `tokens`, `positions`: `[rows, 1]`. Returns logits `[rows, vocab]`.
@@ -141,12 +144,12 @@ impl Gpt2Decoder {
         tokens: &Tensor,
         positions: &Tensor,
         caches: &mut [KvCache],
-        cross_kv: &[CrossKv],
-        cross_mask: &Tensor,
+        history: &History,
+        cross: &CrossBatch,
     ) -> Result<Tensor> {
         let mut x = (self.wte.forward(tokens)? + self.wpe.forward(positions)?)?;
-        for ((block, cache), kv) in self.blocks.iter().zip(caches.iter_mut()).zip(cross_kv) {
-            x = block.step(&x, cache, kv, cross_mask)?;
+        for (i, (block, cache)) in self.blocks.iter().zip(caches.iter_mut()).enumerate() {
+            x = block.step(&x, cache, history, cross, i)?;
         }
         let x = self.ln_f.forward(&x)?;
         let rows = x.dim(0)?;

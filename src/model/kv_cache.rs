@@ -1,31 +1,114 @@
-//! One decoder layer's self-attention cache: the keys and values of every token
-//! generated so far, per row (inputs × beams).
+//! The decoder's self-attention cache: the keys and values of every token each row
+//! (a beam of an input) has generated so far.
+//!
+//! Rows do not share a length: in a continuous batch an input that joins at step 40
+//! starts at position 0 beside rows at position 40. A [`History`] (one per decoder,
+//! shared by its layers, which all grow and reorder together) records, for every row,
+//! which cache *cell* holds its token at each of its positions; each layer's
+//! [`KvCache`] stores one key and one value per cell.
 
 use rayon::prelude::*;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use super::attention::attention;
 use super::kernels::cpu::{is_cpu_f32, with_slice};
 use super::kernels::dispatch::Kernels;
 use super::kernels::small_attention;
 
+/// Per row, the cache cells of its positions; and which cells are free.
+///
+/// Beams of one input share the cells of their common prefix: beam reordering and rows
+/// leaving only rewrite paths, and a cell is reused once no path refers to it. So a
+/// decode step copies no cache, and rows that joined late or leave early cost only
+/// their own tokens.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Per row: the cell holding its token at each position, oldest first.
+    paths: Vec<Vec<u32>>,
+    /// Cells no path refers to, handed out before new ones.
+    free: Vec<u32>,
+    /// Cells handed out so far: ids `0..cells`.
+    cells: usize,
+}
+
+impl History {
+    pub fn rows(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Tokens row `row` has in the cache.
+    pub fn len(&self, row: usize) -> usize {
+        self.paths[row].len()
+    }
+
+    /// Whether no row has any token cached.
+    pub fn is_empty(&self) -> bool {
+        self.paths.iter().all(Vec::is_empty)
+    }
+
+    /// Cells in use: the tokens held for all rows (shared prefixes counted once).
+    pub fn tokens_in_use(&self) -> usize {
+        self.cells - self.free.len()
+    }
+
+    /// Adds `n` rows with empty histories after the existing ones.
+    pub fn add_rows(&mut self, n: usize) {
+        self.paths.resize(self.paths.len() + n, Vec::new());
+    }
+
+    /// Gives every row a cell for the token it adds in this step. Returns each row's
+    /// position for that token (its length before the step).
+    pub fn begin_step(&mut self) -> Vec<usize> {
+        let mut positions = Vec::with_capacity(self.paths.len());
+        for path in &mut self.paths {
+            positions.push(path.len());
+            let cell = self.free.pop().unwrap_or_else(|| {
+                self.cells += 1;
+                (self.cells - 1) as u32
+            });
+            path.push(cell);
+        }
+        positions
+    }
+
+    /// The cell each row writes in this step (after [`Self::begin_step`]).
+    fn newest(&self, row: usize) -> usize {
+        *self.paths[row]
+            .last()
+            .expect("begin_step gave every row a cell") as usize
+    }
+
+    /// Keeps rows `index`, in that order (beam reordering, inputs leaving), and frees
+    /// the cells no kept row refers to.
+    pub fn select_rows(&mut self, index: &[u32]) {
+        self.paths = index
+            .iter()
+            .map(|&i| self.paths[i as usize].clone())
+            .collect();
+        let mut used = vec![false; self.cells];
+        for &cell in self.paths.iter().flatten() {
+            used[cell as usize] = true;
+        }
+        self.free = (0..self.cells as u32)
+            .rev()
+            .filter(|&c| !used[c as usize])
+            .collect();
+    }
+}
+
 /// One decoder layer's self-attention cache.
 ///
-/// On the CPU in f32 it is a slot cache: keys and values are written once, in place,
-/// into preallocated `[slots, heads, capacity, head_dim]` buffers, and never moved.
-/// Beam reordering and inputs leaving the batch only rewrite each row's *ancestry*
-/// (which slot holds its token at each position), so a decode step copies no cache at
-/// all; transformers concatenates the cache every step and gathers it on every
-/// reorder. Elsewhere (GPU, half precision) the cache is a pair of tensors grown by
-/// concatenation and reordered with `index_select`.
+/// On the CPU in f32 it is a cell store: each token's keys and values are written once,
+/// in place, into the cell its [`History`] path names, and read where they are. Elsewhere
+/// (GPU, half precision) the cache is a pair of `[rows, heads, len, head_dim]` tensors
+/// grown by concatenation, reordered with `index_select`, rows of different lengths
+/// right-aligned under an additive mask.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     kind: CacheKind,
-    /// Positions to reserve at the first step (the generation's maximum length).
-    capacity_hint: usize,
-    /// Use the tensor cache even where the slot cache applies (to test one against
-    /// the other).
+    /// Use the tensor cache even where the cell store applies (to test one against the
+    /// other).
     tensors_only: bool,
 }
 
@@ -37,164 +120,164 @@ enum CacheKind {
         k: Tensor,
         v: Tensor,
     },
-    Slots(SlotCache),
+    Cells(CellStore),
 }
 
 impl KvCache {
-    pub fn with_capacity(positions: usize) -> Self {
-        Self {
-            kind: CacheKind::Empty,
-            capacity_hint: positions,
-            tensors_only: false,
-        }
-    }
-
     /// Adds this step's keys and values (`[rows, heads, 1, head_dim]`) and attends the
-    /// queries (same shape) over every position so far. Returns `[rows, heads, 1, head_dim]`.
-    pub fn attend(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    /// queries (same shape) over each row's history, which [`History::begin_step`] has
+    /// already extended by this step's cell. Returns `[rows, heads, 1, head_dim]`.
+    pub fn attend(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        history: &History,
+    ) -> Result<Tensor> {
+        let (rows, heads, _, head_dim) = q.dims4()?;
+        if rows != history.rows() {
+            candle_core::bail!(
+                "self-attention: {rows} query rows for a history of {} rows",
+                history.rows()
+            )
+        }
         if matches!(self.kind, CacheKind::Empty) && !self.tensors_only && is_cpu_f32(&[q, k, v]) {
-            let (rows, heads, _, head_dim) = k.dims4()?;
-            self.kind = CacheKind::Slots(SlotCache::new(
-                rows,
-                heads,
-                head_dim,
-                self.capacity_hint.max(1),
-            ));
+            self.kind = CacheKind::Cells(CellStore::new(heads, head_dim));
         }
         match &mut self.kind {
-            CacheKind::Slots(cache) => {
-                let (rows, heads, _, head_dim) = q.dims4()?;
+            CacheKind::Cells(store) => {
                 let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
                 with_slice(&k, |k| {
                     with_slice(&v, |v| {
-                        cache.append(k, v, rows);
+                        store.write(k, v, history);
                         Ok(())
                     })
                 })?;
-                let out = with_slice(&q, |q| Ok(cache.attend(q, scale as f32)))?;
+                let out = with_slice(&q, |q| Ok(store.attend(q, scale as f32, history)))?;
                 Tensor::from_vec(out, (rows, heads, 1, head_dim), q.device())
             }
             kind => {
                 let (k, v) = match kind {
-                    CacheKind::Tensors { k: pk, v: pv } => (
-                        Tensor::cat(&[&*pk, k], 2)?.contiguous()?,
-                        Tensor::cat(&[&*pv, v], 2)?.contiguous()?,
-                    ),
+                    CacheKind::Tensors { k: pk, v: pv } => {
+                        let (pk, pv) = (with_rows(pk, rows)?, with_rows(pv, rows)?);
+                        (Tensor::cat(&[&pk, k], 2)?, Tensor::cat(&[&pv, v], 2)?)
+                    }
                     _ => (k.clone(), v.clone()),
                 };
-                let ctx = attention(q, &k, &v, None, scale)?;
+                // Drop the columns no row reaches back to any more.
+                let longest = (0..rows).map(|r| history.len(r)).max().unwrap_or(0);
+                let width = k.dim(2)?;
+                let (k, v) = if longest < width {
+                    (
+                        k.narrow(2, width - longest, longest)?.contiguous()?,
+                        v.narrow(2, width - longest, longest)?.contiguous()?,
+                    )
+                } else {
+                    (k.contiguous()?, v.contiguous()?)
+                };
+                let mask = right_aligned_mask(history, longest, q)?;
+                let ctx = attention(q, &k, &v, mask.as_ref(), scale)?;
                 *kind = CacheKind::Tensors { k, v };
                 Ok(ctx)
             }
         }
     }
 
-    /// Keeps rows `index` (in that order): beam reordering and dropping finished inputs.
-    pub fn select_rows(&mut self, index: &[u32]) -> Result<()> {
-        match &mut self.kind {
-            CacheKind::Empty => {}
-            CacheKind::Slots(cache) => cache.select_rows(index),
-            CacheKind::Tensors { k, v } => {
-                let idx = Tensor::new(index, k.device())?;
-                *k = k.index_select(&idx, 0)?;
-                *v = v.index_select(&idx, 0)?;
-            }
+    /// Keeps rows `index` (in that order) of `rows`, as [`History::select_rows`] does for
+    /// the paths. Rows that joined after the last step may be among them.
+    pub fn select_rows(&mut self, index: &[u32], rows: usize) -> Result<()> {
+        if let CacheKind::Tensors { k, v } = &mut self.kind {
+            let idx = Tensor::new(index, k.device())?;
+            *k = with_rows(k, rows)?.index_select(&idx, 0)?;
+            *v = with_rows(v, rows)?.index_select(&idx, 0)?;
         }
         Ok(())
     }
 }
 
-/// Keys and values in place; see [`KvCache`].
-#[derive(Debug, Clone)]
-struct SlotCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
-    slots: usize,
-    heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    /// Positions written so far.
-    len: usize,
-    /// For each live row, the slot that holds its token at each position.
-    ancestry: Vec<Vec<u32>>,
+/// `t` (`[n, heads, len, head_dim]`) with zero rows appended up to `rows`: rows that
+/// joined since the last step, whose (masked) past is empty.
+fn with_rows(t: &Tensor, rows: usize) -> Result<Tensor> {
+    let (n, heads, len, d) = t.dims4()?;
+    if n >= rows {
+        return Ok(t.clone());
+    }
+    let zeros = Tensor::zeros((rows - n, heads, len, d), t.dtype(), t.device())?;
+    Tensor::cat(&[t, &zeros], 0)
 }
 
-impl SlotCache {
-    fn new(slots: usize, heads: usize, head_dim: usize, capacity: usize) -> Self {
-        let size = slots * heads * capacity * head_dim;
+/// The additive mask `[rows, 1, 1, width]` under which row r sees only its own last
+/// `len(r)` columns; none when every row sees all of them.
+fn right_aligned_mask(history: &History, width: usize, like: &Tensor) -> Result<Option<Tensor>> {
+    let rows = history.rows();
+    if (0..rows).all(|r| history.len(r) == width) {
+        return Ok(None);
+    }
+    let mask: Vec<f32> = (0..rows)
+        .flat_map(|r| {
+            let hidden = width - history.len(r);
+            (0..width).map(move |c| if c < hidden { f32::NEG_INFINITY } else { 0.0 })
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (rows, 1, 1, width), like.device())?;
+    Ok(Some(if like.dtype() == DType::F32 {
+        mask
+    } else {
+        mask.to_dtype(like.dtype())?
+    }))
+}
+
+/// Keys and values by cell, `[cell][head][head_dim]`; see [`KvCache`].
+#[derive(Debug, Clone)]
+struct CellStore {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl CellStore {
+    fn new(heads: usize, head_dim: usize) -> Self {
         Self {
-            k: vec![0.0; size],
-            v: vec![0.0; size],
-            slots,
+            k: Vec::new(),
+            v: Vec::new(),
             heads,
             head_dim,
-            capacity,
-            len: 0,
-            ancestry: vec![Vec::new(); slots],
         }
     }
 
-    fn offset(&self, slot: usize, head: usize, position: usize) -> usize {
-        ((slot * self.heads + head) * self.capacity + position) * self.head_dim
+    fn cell_width(&self) -> usize {
+        self.heads * self.head_dim
     }
 
-    /// Reallocates for more slots or positions, keeping what was written.
-    fn grow(&mut self, slots: usize, capacity: usize) {
-        let mut bigger = SlotCache::new(slots, self.heads, self.head_dim, capacity);
-        let written = self.len * self.head_dim;
-        for slot in 0..self.slots {
-            for head in 0..self.heads {
-                let (from, to) = (self.offset(slot, head, 0), bigger.offset(slot, head, 0));
-                bigger.k[to..to + written].copy_from_slice(&self.k[from..from + written]);
-                bigger.v[to..to + written].copy_from_slice(&self.v[from..from + written]);
-            }
+    /// Writes row r's new key and value (`[rows, heads, head_dim]`) into its newest cell.
+    fn write(&mut self, k: &[f32], v: &[f32], history: &History) {
+        let width = self.cell_width();
+        let needed = history.cells * width;
+        if self.k.len() < needed {
+            // Grow geometrically: cells are handed out one step at a time.
+            let size = needed.max(2 * self.k.len());
+            self.k.resize(size, 0.0);
+            self.v.resize(size, 0.0);
         }
-        bigger.len = self.len;
-        bigger.ancestry = std::mem::take(&mut self.ancestry);
-        *self = bigger;
-    }
-
-    /// Writes row r's new key and value into slot r at the next position.
-    fn append(&mut self, k: &[f32], v: &[f32], rows: usize) {
-        if rows > self.slots || self.len == self.capacity {
-            let capacity = if self.len == self.capacity {
-                self.capacity + self.capacity.max(16)
-            } else {
-                self.capacity
-            };
-            self.grow(rows.max(self.slots), capacity);
+        for row in 0..history.rows() {
+            let at = history.newest(row) * width;
+            self.k[at..at + width].copy_from_slice(&k[row * width..][..width]);
+            self.v[at..at + width].copy_from_slice(&v[row * width..][..width]);
         }
-        if self.len == 0 {
-            self.ancestry = vec![Vec::new(); rows];
-        }
-        assert_eq!(
-            self.ancestry.len(),
-            rows,
-            "rows changed without select_rows"
-        );
-        let d = self.head_dim;
-        for row in 0..rows {
-            for head in 0..self.heads {
-                let at = self.offset(row, head, self.len);
-                let from = (row * self.heads + head) * d;
-                self.k[at..at + d].copy_from_slice(&k[from..from + d]);
-                self.v[at..at + d].copy_from_slice(&v[from..from + d]);
-            }
-            self.ancestry[row].push(row as u32);
-        }
-        self.len += 1;
     }
 
     /// Attention of `q` (`[rows, heads, head_dim]`) over every row's own history.
-    fn attend(&self, q: &[f32], scale: f32) -> Vec<f32> {
-        let d = self.head_dim;
+    fn attend(&self, q: &[f32], scale: f32, history: &History) -> Vec<f32> {
+        let (heads, d) = (self.heads, self.head_dim);
         let kernels = Kernels::chosen();
         let mut out = vec![0f32; q.len()];
         out.par_chunks_mut(d).enumerate().for_each(|(rh, out)| {
-            let (row, head) = (rh / self.heads, rh % self.heads);
-            let ancestry = &self.ancestry[row];
-            let mut scores = vec![0f32; ancestry.len()];
-            let at = |p: usize| self.offset(ancestry[p] as usize, head, p);
+            let (row, head) = (rh / heads, rh % heads);
+            let path = &history.paths[row];
+            let mut scores = vec![0f32; path.len()];
+            let at = |p: usize| (path[p] as usize * heads + head) * d;
             small_attention::attend_row(
                 kernels,
                 &q[rh * d..][..d],
@@ -208,13 +291,6 @@ impl SlotCache {
         });
         out
     }
-
-    fn select_rows(&mut self, index: &[u32]) {
-        self.ancestry = index
-            .iter()
-            .map(|&i| self.ancestry[i as usize].clone())
-            .collect();
-    }
 }
 
 #[cfg(test)]
@@ -222,39 +298,49 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The slot cache (no copies, ancestry per row) against concatenation and
-    /// `index_select`: beams reordered, rows dropped, capacity outgrown.
+    /// The cell store (no copies, a path per row) against concatenation, `index_select`
+    /// and the right-aligned mask: beams reordered, rows dropped, rows joining with an
+    /// empty past beside rows that have one.
     #[test]
-    fn slot_cache_matches_the_tensor_cache() {
+    fn cell_store_matches_the_tensor_cache() {
         let dev = Device::Cpu;
         let (heads, d) = (2, 16);
-        let mut slots = KvCache::with_capacity(3);
+        let mut history = History::default();
+        let mut cells = KvCache::default();
         let mut tensors = KvCache {
             tensors_only: true,
-            ..KvCache::with_capacity(3)
+            ..KvCache::default()
         };
-        // Rows per step and the reorder applied after it (None: rows stay).
-        let plan: [(usize, Option<Vec<u32>>); 6] = [
+        // Rows joining before each step, and the reorder applied after it.
+        let plan: [(usize, Option<Vec<u32>>); 8] = [
             (4, Some(vec![0, 0, 1, 3])),
-            (4, None),
-            (4, Some(vec![3, 2, 2, 0])),
-            (4, Some(vec![1, 3])),
-            (2, Some(vec![1, 1])),
-            (2, None),
+            (0, None),
+            (2, Some(vec![3, 2, 2, 0, 4, 5])),
+            (0, Some(vec![1, 3, 4])),
+            (1, Some(vec![1, 1, 3, 2])),
+            (0, Some(vec![2, 3])),
+            (3, None),
+            (0, Some(vec![4])),
         ];
-        for (rows, reorder) in plan {
-            let q = Tensor::randn(0f32, 1., (rows, heads, 1, d), &dev).unwrap();
-            let k = Tensor::randn(0f32, 1., (rows, heads, 1, d), &dev).unwrap();
-            let v = Tensor::randn(0f32, 1., (rows, heads, 1, d), &dev).unwrap();
-            let a = slots.attend(&q, &k, &v, 0.25).unwrap();
-            let b = tensors.attend(&q, &k, &v, 0.25).unwrap();
-            assert!(matches!(slots.kind, CacheKind::Slots(_)));
+        for (joining, reorder) in plan {
+            history.add_rows(joining);
+            let rows = history.rows();
+            history.begin_step();
+            let randn = || Tensor::randn(0f32, 1., (rows, heads, 1, d), &dev).unwrap();
+            let (q, k, v) = (randn(), randn(), randn());
+            let a = cells.attend(&q, &k, &v, 0.25, &history).unwrap();
+            let b = tensors.attend(&q, &k, &v, 0.25, &history).unwrap();
+            assert!(matches!(cells.kind, CacheKind::Cells(_)));
             assert!(matches!(tensors.kind, CacheKind::Tensors { .. }));
             assert!(crate::model::kernels::cpu::reference::max_diff(&a, &b) < 1e-5);
             if let Some(index) = reorder {
-                slots.select_rows(&index).unwrap();
-                tensors.select_rows(&index).unwrap();
+                history.select_rows(&index);
+                cells.select_rows(&index, rows).unwrap();
+                tensors.select_rows(&index, rows).unwrap();
             }
         }
+        // One row is left; the cells of the dropped rows were freed for reuse.
+        assert_eq!(history.rows(), 1);
+        assert_eq!(history.tokens_in_use(), history.len(0));
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Generation drives it in two phases: [`EncoderDecoderModel::encode`] runs the encoder
 //! once per input and precomputes every decoder layer's cross-attention K/V;
-//! [`EncoderDecoderModel::decode_step`] then advances all rows (inputs × beams) by one
-//! token, growing the self-attention cache.
+//! [`EncoderDecoderModel::decode_step`] then advances all rows (the beams of every input
+//! being decoded, each at its own position) by one token, growing the self-attention
+//! cache. Inputs encoded at different times can share decode steps.
 
 pub mod attention;
 pub mod bert;
@@ -37,8 +38,9 @@ use crate::checkpoint::config::{EncoderDecoderConfig, Family};
 use crate::checkpoint::weights::WeightStore;
 use bert::{position_ids, BertDecoder, BertEncoder};
 use cross_kv::CrossKv;
+pub use cross_kv::{CrossBatch, EncodedInput};
 use gpt2::Gpt2Decoder;
-use kv_cache::KvCache;
+use kv_cache::{History, KvCache};
 use linear::Linear;
 
 enum Decoder {
@@ -54,10 +56,10 @@ impl Decoder {
         }
     }
 
-    fn cross_kv(&self, enc: &Tensor) -> candle_core::Result<Vec<CrossKv>> {
+    fn cross_kv(&self, enc: &Tensor, lens: &[usize]) -> candle_core::Result<Vec<Vec<CrossKv>>> {
         match self {
-            Decoder::Bert(d) => d.cross_kv(enc),
-            Decoder::Gpt2(d) => d.cross_kv(enc),
+            Decoder::Bert(d) => d.cross_kv(enc, lens),
+            Decoder::Gpt2(d) => d.cross_kv(enc, lens),
         }
     }
 
@@ -65,12 +67,13 @@ impl Decoder {
         &self,
         tokens: &Tensor,
         positions: &Tensor,
-        caches: &mut [KvCache],
-        enc: &EncoderState,
+        state: &mut DecoderState,
+        cross: &CrossBatch,
     ) -> candle_core::Result<Tensor> {
+        let DecoderState { caches, history } = state;
         match self {
-            Decoder::Bert(d) => d.step(tokens, positions, caches, &enc.cross_kv, &enc.mask),
-            Decoder::Gpt2(d) => d.step(tokens, positions, caches, &enc.cross_kv, &enc.mask),
+            Decoder::Bert(d) => d.step(tokens, positions, caches, history, cross),
+            Decoder::Gpt2(d) => d.step(tokens, positions, caches, history, cross),
         }
     }
 }
@@ -84,47 +87,38 @@ pub struct EncoderDecoderModel {
     dtype: DType,
 }
 
-/// What the decoder needs from the encoder, one row per input.
-pub struct EncoderState {
-    /// Per decoder layer: the encoder's keys and values, one row of dimension 0 per input.
-    cross_kv: Vec<CrossKv>,
-    /// Additive padding mask `[inputs, 1, 1, src_len]`.
-    mask: Tensor,
-}
-
-impl EncoderState {
-    pub fn num_inputs(&self) -> usize {
-        self.mask.dims()[0]
-    }
-
-    /// Keeps the inputs at `index` (in that order), e.g. when others have finished.
-    pub fn select_inputs(&self, index: &[u32]) -> Result<Self> {
-        let idx = Tensor::new(index, self.mask.device())?;
-        Ok(Self {
-            cross_kv: self
-                .cross_kv
-                .iter()
-                .map(|kv| kv.select_inputs(&idx))
-                .collect::<candle_core::Result<_>>()?,
-            mask: self.mask.index_select(&idx, 0)?,
-        })
-    }
-}
-
-/// Self-attention caches of all decoder layers; rows are inputs × beams.
+/// The decoder's self-attention caches (one per layer) and which cells of them each
+/// row's tokens are in. Rows are the beams of the inputs being decoded, input-major;
+/// each has its own length.
 pub struct DecoderState {
     caches: Vec<KvCache>,
-    /// Tokens already in the cache.
-    past: usize,
+    history: History,
 }
 
 impl DecoderState {
+    /// Rows currently decoded.
+    pub fn rows(&self) -> usize {
+        self.history.rows()
+    }
+
+    /// Adds `n` rows with no past (inputs joining), after the existing rows.
+    pub fn add_rows(&mut self, n: usize) {
+        self.history.add_rows(n);
+    }
+
     /// Keeps rows `index` in that order: beam reordering and dropping finished inputs.
     pub fn select_rows(&mut self, index: &[u32]) -> Result<()> {
+        let rows = self.history.rows();
+        self.history.select_rows(index);
         for c in &mut self.caches {
-            c.select_rows(index)?;
+            c.select_rows(index, rows)?;
         }
         Ok(())
+    }
+
+    /// Self-attention tokens held for all rows (a prefix shared by beams counts once).
+    pub fn cached_tokens(&self) -> usize {
+        self.history.tokens_in_use()
     }
 }
 
@@ -180,8 +174,13 @@ impl EncoderDecoderModel {
         self.config.decoder.vocab_size
     }
 
-    /// Runs the encoder on right-padded inputs and precomputes cross-attention K/V.
-    pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<EncoderState> {
+    /// Runs the encoder on the inputs (right-padded to the longest for the encoder
+    /// pass) and precomputes every decoder layer's cross-attention K/V, one
+    /// [`EncodedInput`] per input at its own length.
+    pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<Vec<EncodedInput>> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
         let cfg = &self.config.encoder;
         let pad = cfg.pad_token_id.unwrap_or(0);
         let len = inputs.iter().map(Vec::len).max().unwrap_or(0);
@@ -202,40 +201,58 @@ impl EncoderDecoderModel {
         if let Some(proj) = &self.enc_to_dec_proj {
             enc = proj.forward(&enc)?;
         }
-        let cross_kv = self.decoder.cross_kv(&enc)?;
-        Ok(EncoderState { cross_kv, mask })
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        // [layer][input] → [input][layer]
+        let mut per_layer: Vec<std::vec::IntoIter<CrossKv>> = self
+            .decoder
+            .cross_kv(&enc, &lens)?
+            .into_iter()
+            .map(Vec::into_iter)
+            .collect();
+        Ok((0..b)
+            .map(|_| {
+                EncodedInput::new(
+                    per_layer
+                        .iter_mut()
+                        .map(|l| l.next().expect("one CrossKv per input"))
+                        .collect(),
+                )
+            })
+            .collect())
     }
 
-    /// An empty self-attention cache with room for `positions` tokens per row (it grows
-    /// if a generation runs longer).
-    pub fn new_decoder_state(&self, positions: usize) -> DecoderState {
-        let layers = self.decoder.num_layers();
+    /// A decoder state with no rows.
+    pub fn new_decoder_state(&self) -> DecoderState {
         DecoderState {
-            caches: vec![KvCache::with_capacity(positions); layers],
-            past: 0,
+            caches: vec![KvCache::default(); self.decoder.num_layers()],
+            history: History::default(),
         }
     }
 
-    /// Feeds one token per row (rows = inputs × beams, input-major) and returns the
-    /// next-token logits `[rows, vocab]` as f32.
+    /// Feeds one token per row (rows grouped by input as `cross` says, each at its own
+    /// position) and returns the next-token logits `[rows, vocab]` as f32.
     pub fn decode_step(
         &self,
         tokens: &[u32],
         state: &mut DecoderState,
-        enc: &EncoderState,
+        cross: &CrossBatch,
     ) -> Result<Tensor> {
         let rows = tokens.len();
+        anyhow::ensure!(
+            rows == state.rows() && rows == cross.total_rows(),
+            "decode step: {rows} tokens for {} decoder rows and {} cross-attention rows",
+            state.rows(),
+            cross.total_rows()
+        );
         let dec_cfg = &self.config.decoder;
         let positions: Vec<u32> = tokens
             .iter()
-            .flat_map(|&t| position_ids(dec_cfg, &[t], state.past))
+            .zip(state.history.begin_step())
+            .flat_map(|(&t, past)| position_ids(dec_cfg, &[t], past))
             .collect();
         let tokens = Tensor::from_slice(tokens, (rows, 1), &self.device)?;
         let positions = Tensor::from_vec(positions, (rows, 1), &self.device)?;
-        let logits = self
-            .decoder
-            .step(&tokens, &positions, &mut state.caches, enc)?;
-        state.past += 1;
+        let logits = self.decoder.step(&tokens, &positions, state, cross)?;
         Ok(logits.to_dtype(DType::F32)?)
     }
 }

@@ -95,6 +95,21 @@ pub fn attention_with(
     Tensor::from_vec(out, (inputs, heads, beams, d), q.device())
 }
 
+/// One (input, head): softmax(q Kᵀ · scale + mask) v for `q` `[rows, d]`, `keys` one
+/// head of [`pack_keys`] (`[⌈src/16⌉, d, 16]`), `v` `[src, d]`, `mask` `[src]`
+/// (additive). Writes `[rows, d]` into `out`.
+pub fn attend_head(
+    kernels: Kernels,
+    q: &[f32],
+    keys: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    Head::new(q, keys, v, mask, scale).attend(kernels, out);
+}
+
 /// One (input, head): all its query rows against its keys and values.
 ///
 /// Invariants (checked by [`Head::new`], relied on by the AVX2 loads): `q` holds
