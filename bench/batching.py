@@ -45,7 +45,13 @@ Every input is one text that the checkpoint's WordPiece vocabulary encodes to ex
 generation length is checked once per server through /generate's generated_tokens.
 Every loop is bounded: per-request --timeout, per-scenario --max-seconds, open-loop
 --drain-seconds, server --ready-timeout, and --max-total-seconds between scenarios.
+A failed measurement (e.g. a 422 from a server limit) is listed under "Failures" and the
+run goes on; a mode whose /info `batching.mode` differs from the one asked for is flagged.
 Only 127.0.0.1 is contacted. Server logs go to --log-dir.
+
+Knobs of one mode only: `--mode-set continuous:batching.max_batch_rows=256` (repeatable);
+of both: `--set batching.max_wait_ms=5`. Shorter runs: `--scenarios closed,hol`,
+`--requests-per-client 3`, `--open-loop-seconds 30`, `--capacity 0.6` (a fixed open-loop capacity, seq/s).
 """
 import argparse
 import http.client
@@ -65,6 +71,7 @@ import threading
 import time
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no bench/__pycache__ from importing loadtest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadtest import percentile  # noqa: E402  (same interpolated percentile as loadtest)
 
@@ -137,6 +144,11 @@ def machine_info(args):
         return r.stdout.strip() if r.returncode == 0 else None
 
     info["commit"] = git("rev-parse", "HEAD")
+    try:
+        info["binary_mtime"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(args.encdec)))
+        info["commit_time"] = git("log", "-1", "--format=%ci")
+    except OSError:
+        pass
     info["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
     try:
         r = subprocess.run([args.encdec, "--version"], capture_output=True, text=True, timeout=30)
@@ -589,7 +601,8 @@ def render(res, args):
              f"load average {f(m.get('loadavg_start'))} at start, {f(m.get('loadavg_end'))} at end.")
     L.append(f"CPU flags: {flags}" + (f"; all amx: {' '.join(m['amx_flags'])}" if m["amx_flags"] else "") + ".")
     L.append(f"encdec: commit {m['commit']}{' (uncommitted changes)' if m['dirty'] else ''}, "
-             f"`{m['encdec_version']}`, binary {args.encdec}.")
+             f"`{m['encdec_version']}`, binary {args.encdec} (built {m.get('binary_mtime')}; "
+             f"the commit is the checkout's, dated {m.get('commit_time')}).")
     L.append(f"Model: {args.model}; {res['input_tokens_server'] or res['input_tokens']} input tokens "
              f"(server-counted: {res['input_tokens_server']}); num_beams {args.beams}, exactly "
              f"{args.new_tokens} new tokens unless stated; one input per request. "
