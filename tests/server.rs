@@ -566,7 +566,7 @@ fn concurrent_burst_is_batched_and_outputs_match_single_requests() {
     let handle = start(&single_model_toml(
         "",
         "max_input_tokens = 16",
-        "max_wait_ms = 150\nmax_batch_size = 8",
+        "mode = \"static\"\nmax_wait_ms = 150\nmax_batch_size = 8",
     ));
     let url = handle.url();
     let texts: Vec<String> = (0..8)
@@ -640,6 +640,126 @@ fn concurrent_burst_is_batched_and_outputs_match_single_requests() {
         },
     );
     assert_same(&[text_and_score(&singles[7])], &want);
+    handle.shutdown().unwrap();
+}
+
+/// Continuous batching: requests with other parameters join a running batch at once,
+/// finish long before the request they joined, and get exactly what they get alone;
+/// work that could never fit a batch is refused up front.
+#[test]
+fn requests_join_a_running_batch_and_leave_it_first() {
+    let handle = start(&single_model_toml(
+        "",
+        "max_inputs_per_request = 8\nmax_new_tokens = 511\nmax_num_beams = 8",
+        "max_batch_rows = 80\nmax_batch_kv_tokens = 40000",
+    ));
+    let url = handle.url();
+    let smalls: Vec<Value> = [
+        json!({"num_beams": 1, "max_new_tokens": 12}),
+        json!({"num_beams": 3, "max_length": 14, "length_penalty": 0.5}),
+        json!({"num_beams": 2, "no_repeat_ngram_size": 2, "num_return_sequences": 2}),
+        json!({"num_beams": 1, "repetition_penalty": 1.3, "min_length": 6}),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, p)| json!({"inputs": format!("Small request {i} about {}.", "cats ".repeat(i)), "parameters": p}))
+    .collect();
+    let alone: Vec<Value> = smalls
+        .iter()
+        .map(|b| {
+            let r = post(&url, "/summarize", b);
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()
+        })
+        .collect();
+    for r in &alone {
+        assert_eq!(r["timings"]["batch_size"], 1);
+    }
+
+    // 8 inputs × 8 beams × 500 tokens: 64 of the 80 rows for seconds.
+    let heavy = std::thread::spawn({
+        let url = url.clone();
+        move || {
+            let inputs: Vec<String> = (0..8).map(|i| format!("heavy input {i}")).collect();
+            post(&url, "/summarize", &long_body(json!(inputs)))
+        }
+    });
+    assert!(wait_until(20.0, || metric(&url, "encdec_batch_rows", &[]) == 64.0));
+    let joins_before = metric(&url, "encdec_batch_joins_total", &[]);
+    let beside: Vec<Value> = std::thread::scope(|s| {
+        let threads: Vec<_> = smalls
+            .iter()
+            .map(|b| {
+                let url = &url;
+                s.spawn(move || {
+                    let r = post(url, "/summarize", b);
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    r.json()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    // They joined the heavy request's batch and left while it still ran.
+    assert!(
+        !heavy.is_finished(),
+        "the heavy request finished before the small ones"
+    );
+    assert_eq!(
+        metric(&url, "encdec_batch_joins_total", &[]) - joins_before,
+        4.0
+    );
+    for (a, b) in alone.iter().zip(&beside) {
+        assert!(b["timings"]["batch_size"].as_u64().unwrap() > 8, "{b}");
+        assert_eq!(
+            a["outputs"], b["outputs"],
+            "output changed in a shared batch"
+        );
+    }
+    let r = heavy.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(metric(&url, "encdec_batch_rows", &[]), 0.0);
+    assert_eq!(metric(&url, "encdec_kv_cache_tokens", &[]), 0.0);
+    assert_eq!(
+        metric(&url, "encdec_batch_leaves_total", &[("reason", "finished")]),
+        16.0
+    );
+    assert!(metric(&url, "encdec_time_to_first_step_seconds_count", &[]) >= 16.0);
+    handle.shutdown().unwrap();
+}
+
+#[test]
+fn work_that_can_never_fit_a_batch_is_refused_up_front() {
+    let handle = start(&single_model_toml(
+        "",
+        "max_num_beams = 8",
+        "max_batch_rows = 4\nmax_batch_kv_tokens = 100",
+    ));
+    let url = handle.url();
+    let r = post(
+        &url,
+        "/summarize",
+        &json!({"inputs": "a b", "parameters": {"num_beams": 8}}),
+    );
+    r.error(422, "exceeds_batch_budget");
+    assert!(r.body.contains("max_batch_rows"), "{}", r.body);
+    // 2 beams × 40 positions + the input's tokens > 100.
+    let body = json!({"inputs": ["a b", "a b c d e f g h i j k l m n o p q r s t u v w x y z"],
+                      "parameters": {"num_beams": 2, "max_length": 40}});
+    let r = post(&url, "/summarize", &body);
+    r.error(422, "exceeds_batch_budget");
+    assert!(
+        r.body.contains("inputs[1]") && r.body.contains("max_batch_kv_tokens"),
+        "{}",
+        r.body
+    );
+    assert_eq!(metric(&url, "encdec_queue_size", &[]), 0.0);
+    let r = post(
+        &url,
+        "/summarize",
+        &json!({"inputs": "a b", "parameters": {"num_beams": 2, "max_length": 40}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     handle.shutdown().unwrap();
 }
 
@@ -877,7 +997,11 @@ fn binary_drains_on_sigterm_and_exits_0() {
     // The worker's logs about the sequence carry the request's id (its span).
     let worker_logs: Vec<Value> = rx
         .try_iter()
-        .filter(|v| v["target"] == "encdec::server::batcher")
+        .filter(|v| {
+            v["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("encdec::server::batcher"))
+        })
         .filter(|v| v["span"]["request_id"] == "sigterm-req")
         .map(|v| v["fields"]["message"].clone())
         .collect();

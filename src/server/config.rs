@@ -153,22 +153,49 @@ pub enum InputOverflow {
 }
 
 /// How the batcher closes a batch (per model).
+/// How a model's worker batches sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchingMode {
+    /// Sequences join a running batch between two decode steps and leave it when they
+    /// finish; requests with different generation parameters share it.
+    Continuous,
+    /// A batch forms from the queue and runs until its last sequence ends; only
+    /// sequences with equal generation parameters batch together.
+    Static,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Batching {
-    /// Most sequences (inputs) in one batch.
+    pub mode: BatchingMode,
+    /// Most sequences (inputs) in one batch (both modes).
     pub max_batch_size: usize,
-    /// Most padded tokens in one batch: longest input × sequences × beams.
+    /// Static: most padded tokens in one batch (longest input × sequences × beams).
     pub max_batch_tokens: usize,
-    /// How long a batch waits for company after its first request when a worker is free.
+    /// Continuous: most decoder rows (sequences × beams) in a running batch.
+    pub max_batch_rows: usize,
+    /// Continuous: most key/value-cache tokens a running batch may need, reserved when a
+    /// sequence joins for its worst case (`num_beams × max_length` decoder positions plus
+    /// its input tokens). Memory per token: `2 × layers × hidden_size × 4` bytes in f32.
+    pub max_batch_kv_tokens: usize,
+    /// Continuous: how long sequences that arrived later may join ahead of one that does
+    /// not fit yet; after that nothing passes it until it fits.
+    pub max_bypass_ms: u64,
+    /// Static: how long a batch waits for company after its first request when a worker
+    /// is free. (Continuous batching needs no wait: later requests join the next step.)
     pub max_wait_ms: u64,
 }
 
 impl Default for Batching {
     fn default() -> Self {
         Self {
-            max_batch_size: 16,
+            mode: BatchingMode::Continuous,
+            max_batch_size: 32,
             max_batch_tokens: 32_768,
+            max_batch_rows: 128,
+            max_batch_kv_tokens: 32_768,
+            max_bypass_ms: 1_000,
             max_wait_ms: 5,
         }
     }
@@ -467,6 +494,11 @@ impl Config {
             ("limits.request_deadline_ms", l.request_deadline_ms as usize),
             ("batching.max_batch_size", self.batching.max_batch_size),
             ("batching.max_batch_tokens", self.batching.max_batch_tokens),
+            ("batching.max_batch_rows", self.batching.max_batch_rows),
+            (
+                "batching.max_batch_kv_tokens",
+                self.batching.max_batch_kv_tokens,
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     EmptyInput,
     InputTooLong,
     TooManyInputs,
+    /// One input's work can never fit a running batch (`batching.max_batch_rows`,
+    /// `batching.max_batch_kv_tokens`).
+    ExceedsBatchBudget,
     InvalidJson,
     UnsupportedMediaType,
     PayloadTooLarge,
@@ -69,6 +72,7 @@ impl ErrorKind {
             EmptyInput => ("empty_input", StatusCode::UNPROCESSABLE_ENTITY),
             InputTooLong => ("input_too_long", StatusCode::UNPROCESSABLE_ENTITY),
             TooManyInputs => ("too_many_inputs", StatusCode::UNPROCESSABLE_ENTITY),
+            ExceedsBatchBudget => ("exceeds_batch_budget", StatusCode::UNPROCESSABLE_ENTITY),
             InvalidJson => ("invalid_json", StatusCode::BAD_REQUEST),
             UnsupportedMediaType => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
             PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::batcher::continuous::Budget;
 use super::batcher::{Sequence, SequenceError, Ticket};
-use super::config::Limits;
+use super::config::{Batching, BatchingMode, Limits};
 use super::error::{ApiError, ErrorKind};
 use super::pool::{check_limits, Model};
 use super::types::Timings;
 use super::AppState;
 use crate::engine::Generated;
-use crate::generation::GenerationOverrides;
+use crate::generation::{GenerationConfig, GenerationOverrides};
 
 /// A generation request, as the endpoints hand it over.
 pub struct InferRequest {
@@ -47,16 +48,26 @@ pub async fn infer(
     validate_inputs(&req.texts, limits)?;
     let cfg = model.defaults.with_overrides(&req.params)?;
     check_limits(&cfg, limits, model.max_length)?;
+    let batching = &state.config.batching;
+    let continuous = batching.mode == BatchingMode::Continuous;
+    if continuous {
+        check_budget(&cfg, 1, None, batching)?;
+    }
     // Admission before any CPU is spent: a full queue refuses at once.
     let permit = model.queue.reserve(req.texts.len())?;
 
     let tokenize_started = Instant::now();
     let encoded = tokenize(model, req.texts, limits).await?;
+    if continuous {
+        for (i, ids) in encoded.iter().enumerate() {
+            check_budget(&cfg, ids.len(), Some(i), batching)?;
+        }
+    }
     let tokenization = tokenize_started.elapsed();
     record_tokenization(state, model, &encoded, tokenization);
 
     let deadline = deadline(req.started, limits);
-    let ticket = Arc::new(Ticket::new(deadline));
+    let ticket = Arc::new(Ticket::new(req.started, deadline));
     let cfg = Arc::new(cfg);
     // The handler's span (request id, path): worker-side logs about these sequences.
     let span = tracing::Span::current();
@@ -116,6 +127,21 @@ pub async fn infer(
     guard.armed = false;
     timings.total_ms = ms(req.started.elapsed());
     Ok(Inference { outputs, timings })
+}
+
+/// Continuous batching: refuses work that could never join even an empty batch.
+fn check_budget(
+    cfg: &GenerationConfig,
+    input_tokens: usize,
+    input: Option<usize>,
+    batching: &Batching,
+) -> Result<(), ApiError> {
+    Budget::of(input_tokens, cfg)
+        .check(batching)
+        .map_err(|why| {
+            let which = input.map(|i| format!("inputs[{i}]: ")).unwrap_or_default();
+            ApiError::new(ErrorKind::ExceedsBatchBudget, format!("{which}{why}"))
+        })
 }
 
 /// Inputs a request may carry: at least one, at most the limit, none blank.

@@ -34,6 +34,18 @@ pub struct Metrics {
     pub queue_size: IntGaugeVec,
     /// Sequences in running batches.
     pub running_sequences: IntGaugeVec,
+    /// Continuous batching: decoder rows (sequences × beams) in running batches.
+    pub batch_rows: IntGaugeVec,
+    /// Continuous batching: key/value-cache tokens held (decoder positions, a prefix
+    /// shared by beams counted once, and encoder positions).
+    pub kv_cache_tokens: IntGaugeVec,
+    /// Continuous batching: sequences that joined a running batch.
+    pub batch_joins: IntCounterVec,
+    /// Continuous batching: sequences that left a running batch, by reason
+    /// (`finished`, `cancelled`, `failed`).
+    pub batch_leaves: IntCounterVec,
+    /// Continuous batching: request arrival → the first decode step of a sequence.
+    pub time_to_first_step: HistogramVec,
     /// Sequences dropped before finishing, by reason (`client`, `deadline`).
     pub sequences_cancelled: IntCounterVec,
     /// 1 once the model is loaded and warmed up.
@@ -146,6 +158,32 @@ impl Metrics {
                 "encdec_running_sequences",
                 "Sequences in running batches",
                 m,
+            )?,
+            batch_rows: gauge(
+                "encdec_batch_rows",
+                "Decoder rows (sequences x beams) in running batches",
+                m,
+            )?,
+            kv_cache_tokens: gauge(
+                "encdec_kv_cache_tokens",
+                "Key/value-cache tokens held by running batches",
+                m,
+            )?,
+            batch_joins: counter(
+                "encdec_batch_joins_total",
+                "Sequences that joined a running batch",
+                m,
+            )?,
+            batch_leaves: counter(
+                "encdec_batch_leaves_total",
+                "Sequences that left a running batch, by reason",
+                &["model", "reason"],
+            )?,
+            time_to_first_step: hist(
+                "encdec_time_to_first_step_seconds",
+                "Request arrival to the first decode step of a sequence",
+                m,
+                seconds()?,
             )?,
             sequences_cancelled: counter(
                 "encdec_sequences_cancelled_total",

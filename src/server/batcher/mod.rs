@@ -15,7 +15,7 @@
 //!   its sequences into them.
 //! * Each [`Sequence`] carries its request's [`tracing::Span`]: what the batcher and the
 //!   workers log about a sequence is logged in that span, so it carries the request id.
-//! * The batcher hands a batch to an idle worker when it is full (`max_batch_size`
+//! * Static mode: the batcher hands a batch to an idle worker when it is full (`max_batch_size`
 //!   sequences or `max_batch_tokens` padded tokens) or when its oldest sequence has waited
 //!   `max_wait_ms`. A batch holds only sequences with equal [`GenerationConfig`]s, taken
 //!   in arrival order behind the oldest one (FIFO).
@@ -23,10 +23,12 @@
 //!   flag. Dead sequences leave the queue (the handler sends [`Command::Prune`] when it
 //!   gives up) and, via the [`StepObserver`], the running batch at the next decode step.
 //!
-//! Continuous batching: the batcher already knows which worker is busy and the worker
-//! owns each sequence's reply, so letting new sequences join a running batch at a step
-//! boundary only needs a `WorkerMsg::Join(Vec<Sequence>)` that the worker drains from its
-//! channel between steps (and an engine entry point that accepts new inputs mid-batch).
+//! * Two modes (`batching.mode`). **Continuous** (the default, [`continuous`]): the
+//!   batcher admits sequences into each worker's running batch within its budget
+//!   (sequences, rows, key/value tokens) and sends them as [`WorkerMsg::Join`]; the
+//!   worker adds them between two decode steps and reports what leaves with
+//!   [`Command::Left`]. **Static**: the batcher hands a whole batch to an idle worker as
+//!   [`WorkerMsg::Run`], which runs it to its end and reports [`Command::WorkerIdle`].
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -37,8 +39,11 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntGauge};
 use tokio::sync::{mpsc, oneshot};
 
-use super::config::Batching;
+use super::config::{Batching, BatchingMode};
 use super::metrics::Metrics;
+use continuous::Budget;
+
+pub mod continuous;
 use crate::engine::{Engine, Generated};
 use crate::generation::{GenerationConfig, Hypothesis, StepObserver};
 
@@ -46,6 +51,8 @@ use crate::generation::{GenerationConfig, Hypothesis, StepObserver};
 #[derive(Debug)]
 pub struct Ticket {
     cancelled: AtomicBool,
+    /// When the request arrived.
+    pub arrived: Instant,
     pub deadline: Instant,
 }
 
@@ -67,9 +74,10 @@ impl CancelReason {
 }
 
 impl Ticket {
-    pub fn new(deadline: Instant) -> Self {
+    pub fn new(arrived: Instant, deadline: Instant) -> Self {
         Self {
             cancelled: AtomicBool::new(false),
+            arrived,
             deadline,
         }
     }
@@ -129,15 +137,28 @@ pub enum Command {
     Enqueue(Vec<Sequence>),
     /// A request gave up: drop its sequences from the queue now.
     Prune,
-    /// Worker `n` finished its batch and takes another.
+    /// Static: worker `n` finished its batch and takes another.
     WorkerIdle(usize),
+    /// Continuous: sequences holding this much of worker `n`'s budget left its batch.
+    Left(usize, Budget),
     /// Run what is queued without waiting, then stop the workers and exit.
     Shutdown,
 }
 
-/// Messages to a worker. (Continuous batching adds `Join(Vec<Sequence>)`.)
+/// Messages to a worker.
 pub enum WorkerMsg {
+    /// Static: run this batch to its end.
     Run(Vec<Sequence>),
+    /// Continuous: add these to the running batch at the next step boundary.
+    Join(Vec<Sequence>),
+}
+
+impl WorkerMsg {
+    fn into_sequences(self) -> Vec<Sequence> {
+        match self {
+            WorkerMsg::Run(s) | WorkerMsg::Join(s) => s,
+        }
+    }
 }
 
 /// Why a submission was refused.
@@ -256,9 +277,13 @@ pub fn start(
     for n in 0..replicas {
         let (wtx, wrx) = std::sync::mpsc::channel::<WorkerMsg>();
         let worker = Worker::new(n, model, engine.clone(), tx.clone(), &metrics);
+        let mode = batching.mode;
         let handle = std::thread::Builder::new()
             .name(format!("encdec-{model}-{n}"))
-            .spawn(move || worker.run(wrx))?;
+            .spawn(move || match mode {
+                BatchingMode::Continuous => worker.run_continuous(wrx),
+                BatchingMode::Static => worker.run(wrx),
+            })?;
         senders.push(wtx);
         workers.push(handle);
     }
@@ -268,6 +293,7 @@ pub fn start(
         queue: VecDeque::new(),
         workers: senders,
         idle: (0..replicas).rev().collect(),
+        used: vec![Budget::default(); replicas],
         queued: queued.clone(),
         queue_size: queue_size.clone(),
         metrics,
@@ -291,7 +317,10 @@ struct Batcher {
     batching: Batching,
     queue: VecDeque<Sequence>,
     workers: Vec<std::sync::mpsc::Sender<WorkerMsg>>,
+    /// Static: workers without a batch.
     idle: Vec<usize>,
+    /// Continuous: what each worker's running batch holds.
+    used: Vec<Budget>,
     queued: Arc<AtomicUsize>,
     queue_size: IntGauge,
     metrics: Arc<Metrics>,
@@ -301,8 +330,18 @@ struct Batcher {
 impl Batcher {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
-            let wake = self.dispatch();
-            if self.draining && self.queue.is_empty() && self.idle.len() == self.workers.len() {
+            let wake = match self.batching.mode {
+                BatchingMode::Static => self.dispatch(),
+                BatchingMode::Continuous => {
+                    self.admit();
+                    None
+                }
+            };
+            let workers_done = match self.batching.mode {
+                BatchingMode::Static => self.idle.len() == self.workers.len(),
+                BatchingMode::Continuous => self.used.iter().all(|u| *u == Budget::default()),
+            };
+            if self.draining && self.queue.is_empty() && workers_done {
                 break;
             }
             let cmd = match wake {
@@ -316,6 +355,7 @@ impl Batcher {
                 Some(Command::Enqueue(seqs)) => self.queue.extend(seqs),
                 Some(Command::Prune) => {}
                 Some(Command::WorkerIdle(n)) => self.idle.push(n),
+                Some(Command::Left(n, freed)) => self.used[n] = self.used[n].minus(freed),
                 Some(Command::Shutdown) | None => self.draining = true,
             }
         }
@@ -355,7 +395,50 @@ impl Batcher {
         self.dequeued(before - self.queue.len());
     }
 
-    /// Hands out every batch that is due; returns when the next one will be.
+    /// Continuous: sends every queued sequence that fits a worker's budget to it.
+    fn admit(&mut self) {
+        self.prune();
+        if self.queue.is_empty() {
+            return;
+        }
+        let joins = continuous::admit(&self.queue, &mut self.used, &self.batching, Instant::now());
+        let mut to: Vec<Option<usize>> = vec![None; self.queue.len()];
+        for (w, picked) in joins.iter().enumerate() {
+            for &i in picked {
+                to[i] = Some(w);
+            }
+        }
+        let mut batches: Vec<Vec<Sequence>> = (0..self.workers.len()).map(|_| Vec::new()).collect();
+        let mut rest = VecDeque::with_capacity(self.queue.len());
+        for (seq, to) in self.queue.drain(..).zip(to) {
+            match to {
+                Some(w) => batches[w].push(seq),
+                None => rest.push_back(seq),
+            }
+        }
+        self.queue = rest;
+        for (w, batch) in batches.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            self.dequeued(batch.len());
+            if let Err(std::sync::mpsc::SendError(msg)) =
+                self.workers[w].send(WorkerMsg::Join(batch))
+            {
+                for seq in msg.into_sequences() {
+                    self.used[w] = self.used[w].minus(Budget::of(seq.ids.len(), &seq.cfg));
+                    seq.span.in_scope(|| {
+                        tracing::error!(model = %self.model, worker = w, "worker thread is gone");
+                    });
+                    let _ = seq
+                        .reply
+                        .send(Err(SequenceError::Failed("worker thread is gone".into())));
+                }
+            }
+        }
+    }
+
+    /// Static: hands out every batch that is due; returns when the next one will be.
     fn dispatch(&mut self) -> Option<Instant> {
         self.prune();
         while !self.queue.is_empty() {
@@ -381,10 +464,10 @@ impl Batcher {
             }
             self.queue = rest;
             self.dequeued(batch.len());
-            if let Err(std::sync::mpsc::SendError(WorkerMsg::Run(batch))) =
+            if let Err(std::sync::mpsc::SendError(msg)) =
                 self.workers[worker].send(WorkerMsg::Run(batch))
             {
-                for seq in batch {
+                for seq in msg.into_sequences() {
                     seq.span.in_scope(|| {
                         tracing::error!(model = %self.model, worker, "worker thread is gone");
                     });
@@ -436,6 +519,13 @@ struct WorkerMetrics {
     generated_hist: Histogram,
     generated_total: prometheus::IntCounter,
     running: IntGauge,
+    rows: IntGauge,
+    kv_tokens: IntGauge,
+    joins: prometheus::IntCounter,
+    leaves_finished: prometheus::IntCounter,
+    leaves_cancelled: prometheus::IntCounter,
+    leaves_failed: prometheus::IntCounter,
+    time_to_first_step: Histogram,
     cancelled_client: prometheus::IntCounter,
     cancelled_deadline: prometheus::IntCounter,
 }
@@ -528,6 +618,15 @@ impl Worker {
             generated_hist: metrics.generated_tokens_hist.with_label_values(l),
             generated_total: metrics.generated_tokens_total.with_label_values(l),
             running: metrics.running_sequences.with_label_values(l),
+            rows: metrics.batch_rows.with_label_values(l),
+            kv_tokens: metrics.kv_cache_tokens.with_label_values(l),
+            joins: metrics.batch_joins.with_label_values(l),
+            leaves_finished: metrics.batch_leaves.with_label_values(&[model, "finished"]),
+            leaves_cancelled: metrics
+                .batch_leaves
+                .with_label_values(&[model, "cancelled"]),
+            leaves_failed: metrics.batch_leaves.with_label_values(&[model, "failed"]),
+            time_to_first_step: metrics.time_to_first_step.with_label_values(l),
             cancelled_client: metrics
                 .sequences_cancelled
                 .with_label_values(&[model, CancelReason::Client.as_str()]),
@@ -544,11 +643,10 @@ impl Worker {
         }
     }
 
+    /// The static worker: one whole batch at a time.
     fn run(self, rx: std::sync::mpsc::Receiver<WorkerMsg>) {
         while let Ok(msg) = rx.recv() {
-            match msg {
-                WorkerMsg::Run(batch) => self.run_batch(batch),
-            }
+            self.run_batch(msg.into_sequences());
             if self.done.send(Command::WorkerIdle(self.n)).is_err() {
                 break;
             }
@@ -645,14 +743,7 @@ impl Worker {
                 outcomes.len()
             )),
             Ok(Err(e)) => Some(format!("generation failed: {e:#}")),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Some(format!("generation panicked: {msg}"))
-            }
+            Err(panic) => Some(format!("generation panicked: {}", panic_message(&*panic))),
         };
         // Finished inputs were answered by `on_finished`; the rest were cancelled, or the
         // batch failed (logged once per sequence, in its request's span).
@@ -683,6 +774,15 @@ impl Worker {
     }
 }
 
+/// The message a panic carried.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,7 +791,10 @@ mod tests {
         Sequence {
             ids: vec![1; len],
             cfg: cfg.clone(),
-            ticket: Arc::new(Ticket::new(Instant::now() + Duration::from_secs(60))),
+            ticket: Arc::new(Ticket::new(
+                Instant::now(),
+                Instant::now() + Duration::from_secs(60),
+            )),
             enqueued: Instant::now(),
             reply: oneshot::channel().0,
             span: tracing::Span::none(),
@@ -721,6 +824,7 @@ mod tests {
             max_batch_size: 3,
             max_batch_tokens: 100,
             max_wait_ms: 0,
+            ..Batching::default()
         };
         let q: VecDeque<_> = [seq(5, &a), seq(5, &b), seq(5, &a), seq(5, &a), seq(5, &a)].into();
         assert_eq!(plan(&q, &limits), (vec![0, 2, 3], true));
