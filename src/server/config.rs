@@ -180,8 +180,12 @@ pub struct Batching {
     /// its input tokens). Memory per token: `2 × layers × hidden_size × 4` bytes in f32.
     pub max_batch_kv_tokens: usize,
     /// Continuous: how long sequences that arrived later may join ahead of one that does
-    /// not fit yet; after that nothing passes it until it fits.
+    /// not fit yet (or be encoded ahead of one with more work); after that nothing passes
+    /// it.
     pub max_bypass_ms: u64,
+    /// Continuous: most input tokens encoded at one step boundary (at least one
+    /// sequence), which bounds how long running sequences stall for joiners.
+    pub max_join_tokens: usize,
     /// Static: how long a batch waits for company after its first request when a worker
     /// is free. (Continuous batching needs no wait: later requests join the next step.)
     pub max_wait_ms: u64,
@@ -196,6 +200,7 @@ impl Default for Batching {
             max_batch_rows: 128,
             max_batch_kv_tokens: 32_768,
             max_bypass_ms: 1_000,
+            max_join_tokens: 1_024,
             max_wait_ms: 5,
         }
     }

@@ -16,6 +16,13 @@
 //!   small ones keep joining beside it.
 //! * A sequence that could never fit an empty batch is refused before it is queued
 //!   (422, [`Budget::check`]).
+//!
+//! At each step boundary the worker encodes at most `max_join_tokens` input tokens of
+//! the sequences admitted to it (at least one sequence), so that running sequences stall
+//! for a bounded time; the rest join at the next boundary. Which go first
+//! ([`join_order`]): those admitted more than `max_bypass_ms` ago, oldest first, then the
+//! least work first (input tokens + beams × new tokens), so that a short request is not
+//! held behind the encoder passes of a long one that arrived just before it.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -122,6 +129,42 @@ pub fn admit(
     joins
 }
 
+/// The order in which admitted sequences are encoded (see the module documentation):
+/// indices into `waiting` (each: when it was queued, its input tokens, its work), at most
+/// `max_join_tokens` input tokens of them, at least one.
+pub fn join_order(
+    waiting: &[(Instant, usize, usize)],
+    limits: &Batching,
+    now: Instant,
+) -> Vec<usize> {
+    let bypass = Duration::from_millis(limits.max_bypass_ms);
+    let mut order: Vec<usize> = (0..waiting.len()).collect();
+    order.sort_by_key(|&i| {
+        let (queued, _, work) = waiting[i];
+        let aged = now.saturating_duration_since(queued) >= bypass;
+        // Aged first (by age), then by work, then by arrival.
+        (!aged, if aged { 0 } else { work }, queued)
+    });
+    let mut tokens = 0usize;
+    let mut picked = Vec::new();
+    for i in order {
+        let t = waiting[i].1;
+        if !picked.is_empty() && tokens + t > limits.max_join_tokens {
+            break;
+        }
+        tokens += t;
+        picked.push(i);
+    }
+    picked
+}
+
+/// How much work a sequence is, for [`join_order`].
+fn work(seq: &Sequence) -> usize {
+    seq.ids
+        .len()
+        .saturating_add(seq.cfg.num_beams.saturating_mul(seq.cfg.max_length))
+}
+
 /// A sequence in a worker's running batch.
 struct Live {
     reply: oneshot::Sender<SequenceResult>,
@@ -138,24 +181,30 @@ struct Live {
 impl Worker {
     /// The continuous worker: takes [`WorkerMsg::Join`]s between decode steps and tells
     /// the batcher, with [`Command::Left`], what each step freed.
-    pub(super) fn run_continuous(&self, rx: std::sync::mpsc::Receiver<WorkerMsg>) {
+    pub(super) fn run_continuous(
+        &self,
+        rx: std::sync::mpsc::Receiver<WorkerMsg>,
+        limits: Batching,
+    ) {
         let model = self.engine.model();
         let mut batch: RunningBatch<u64> = RunningBatch::new(model);
         let mut live: HashMap<u64, Live> = HashMap::new();
+        // Admitted to this worker, not encoded yet.
+        let mut waiting: Vec<Sequence> = Vec::new();
         let mut next_key = 0u64;
         let mut shown = Budget::default();
         loop {
-            let mut arrived: Vec<Sequence> = Vec::new();
-            if batch.is_empty() {
+            if batch.is_empty() && waiting.is_empty() {
                 match rx.recv() {
-                    Ok(msg) => arrived.extend(msg.into_sequences()),
+                    Ok(msg) => waiting.extend(msg.into_sequences()),
                     Err(_) => break,
                 }
             }
             while let Ok(msg) = rx.try_recv() {
-                arrived.extend(msg.into_sequences());
+                waiting.extend(msg.into_sequences());
             }
             let mut freed = Budget::default();
+            let arrived = self.next_joiners(&mut waiting, &limits, &mut freed);
             self.join(&mut batch, &mut live, &mut next_key, arrived, &mut freed);
             // Work whose request is gone leaves before a step is spent on it.
             let now = Instant::now();
@@ -176,6 +225,45 @@ impl Worker {
                 break;
             }
         }
+    }
+
+    /// Takes this boundary's joiners out of `waiting` ([`join_order`]); sequences whose
+    /// request is gone are answered and dropped first.
+    fn next_joiners(
+        &self,
+        waiting: &mut Vec<Sequence>,
+        limits: &Batching,
+        freed: &mut Budget,
+    ) -> Vec<Sequence> {
+        let now = Instant::now();
+        let mut alive = Vec::with_capacity(waiting.len());
+        for seq in waiting.drain(..) {
+            match seq.ticket.dead(now) {
+                Some(reason) => {
+                    *freed = freed.plus(Budget::of(seq.ids.len(), &seq.cfg));
+                    self.cancelled(seq, reason);
+                }
+                None => alive.push(seq),
+            }
+        }
+        if alive.is_empty() {
+            return alive;
+        }
+        let keys: Vec<(Instant, usize, usize)> = alive
+            .iter()
+            .map(|s| (s.enqueued, s.ids.len(), work(s)))
+            .collect();
+        let mut picked = join_order(&keys, limits, now);
+        picked.sort_unstable();
+        let mut joiners = Vec::with_capacity(picked.len());
+        for (i, seq) in alive.into_iter().enumerate() {
+            if picked.binary_search(&i).is_ok() {
+                joiners.push(seq);
+            } else {
+                waiting.push(seq);
+            }
+        }
+        joiners
     }
 
     /// Encodes the arrivals that are still wanted and adds them to the batch.
@@ -497,6 +585,35 @@ mod tests {
             admit(&q, &mut used, &limits(8, 1000), now),
             vec![vec![], vec![0, 1]]
         );
+    }
+
+    #[test]
+    fn joiners_are_encoded_least_work_first_within_the_token_budget() {
+        let now = Instant::now();
+        let l = Batching {
+            max_join_tokens: 600,
+            max_bypass_ms: 1000,
+            ..Batching::default()
+        };
+        let ago = |ms| now - Duration::from_millis(ms);
+        // (queued, input tokens, work): a long one queued first, then two short ones.
+        let waiting = [
+            (ago(300), 256, 2304),
+            (ago(200), 256, 272),
+            (ago(100), 256, 272),
+        ];
+        assert_eq!(join_order(&waiting, &l, now), vec![1, 2]);
+        // Aged past max_bypass_ms, the long one goes first.
+        let waiting = [
+            (ago(1300), 256, 2304),
+            (ago(200), 256, 272),
+            (ago(100), 256, 272),
+        ];
+        assert_eq!(join_order(&waiting, &l, now), vec![0, 1]);
+        // One input over the budget still joins, alone.
+        let waiting = [(ago(10), 900, 900), (ago(5), 10, 10)];
+        assert_eq!(join_order(&waiting, &l, now), vec![1]);
+        assert_eq!(join_order(&waiting[..1], &l, now), vec![0]);
     }
 
     #[test]

@@ -277,11 +277,11 @@ pub fn start(
     for n in 0..replicas {
         let (wtx, wrx) = std::sync::mpsc::channel::<WorkerMsg>();
         let worker = Worker::new(n, model, engine.clone(), tx.clone(), &metrics);
-        let mode = batching.mode;
+        let limits = batching.clone();
         let handle = std::thread::Builder::new()
             .name(format!("encdec-{model}-{n}"))
-            .spawn(move || match mode {
-                BatchingMode::Continuous => worker.run_continuous(wrx),
+            .spawn(move || match limits.mode {
+                BatchingMode::Continuous => worker.run_continuous(wrx, limits),
                 BatchingMode::Static => worker.run(wrx),
             })?;
         senders.push(wtx);
