@@ -199,7 +199,7 @@ impl Default for Batching {
             max_batch_tokens: 32_768,
             max_batch_rows: 128,
             max_batch_kv_tokens: 32_768,
-            max_bypass_ms: 1_000,
+            max_bypass_ms: 5_000,
             max_join_tokens: 1_024,
             max_wait_ms: 5,
         }
