@@ -397,6 +397,10 @@ def main():
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--beams", default="1,4")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="OMP_WAIT_POLICY=PASSIVE for every engine: on a machine that is not "
+                         "idle, OpenMP's spin-waiting slows torch and CTranslate2 float32 "
+                         "many times over; off by default (the engines' shipped behaviour)")
     ap.add_argument("--repeats", type=int, default=None,
                     help="runs per cell, median reported (default: 3 at batch 1 and 1 above; "
                          "2 everywhere with --quick)")
@@ -412,12 +416,20 @@ def main():
     beam_list = [int(b) for b in args.beams.split(",")]
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
         os.environ[var] = str(args.threads)
+    if args.omp_passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
     def repeats(batch):
         if args.repeats:
             return args.repeats
         return 2 if args.quick else (3 if batch == 1 else 1)
 
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(f"warning: load average {load_before:.2f} before the run: the engines' "
+              "OpenMP/rayon threads will contend with whatever else runs (OpenMP spin-waits "
+              "can slow torch and CTranslate2 float32 tenfold); run on an idle machine, "
+              "or pass --omp-passive", file=sys.stderr)
     encdec, model, bart, py = setup(args)
     vers = versions(py)
     text, tokens = make_text(py, model, args.input_tokens)
@@ -495,7 +507,8 @@ def main():
             server.wait(timeout=60)
 
     report = render(res, engines, unavailable, cells, serve_rows, fl, peaks, shape, enc_flops,
-                    floor, notes, failures, vers, text_tokens(res, args), encdec, args)
+                    floor, notes, failures, vers, text_tokens(res, args), encdec, args,
+                    (load_before, os.getloadavg()[0]))
     print(report)
     if args.write_docs:
         doc = ROOT / "docs" / "PERFORMANCE.md"
@@ -523,7 +536,7 @@ def text_tokens(res, args):
 
 
 def render(res, engines, unavailable, cells, serve_rows, fl, peaks, shape, enc_flops, floor,
-           notes, failures, vers, n_in, encdec, args):
+           notes, failures, vers, n_in, encdec, args, load):
     cpu, flags = cpu_info()
     hf = res.get(("transformers", "f32"), {})
     ct2 = res.get(("ct2", "float32"), {})
@@ -538,7 +551,9 @@ def render(res, engines, unavailable, cells, serve_rows, fl, peaks, shape, enc_f
         "",
         f"Machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
         f"CPU flags: {flag_text} (amx_*: {', '.join(amx) if amx else 'none'}). "
-        f"{args.threads} threads each engine ({ver_text}, encdec `{encdec.name}`).",
+        f"{args.threads} threads each engine ({ver_text}, encdec `{encdec.name}`). "
+        f"Load average (1 min) {load[0]:.2f} before the run, {load[1]:.2f} after"
+        + ("; OMP_WAIT_POLICY=PASSIVE." if args.omp_passive else "."),
         "",
         f"Model: {size_name} BERT2BERT with random weights (`encdec warmstart --encoder "
         f"random:bert:{args.size} --decoder random:bert:{args.size}`); CTranslate2 runs a "

@@ -1,12 +1,13 @@
 //! Continuous batching keeps every sequence as transformers generates it alone: the
 //! parity fixtures of each family, all parameter sets mixed in one running batch (beam
 //! widths, lengths, penalties, returned sequences differ from row to row), inputs
-//! joining at random steps and some cancelled at random steps, every finished sequence
+//! joining at random steps, some cancelled at random steps, and a random quarter of the
+//! inputs left waiting at each step (a scheduler pausing them); every finished sequence
 //! compared with transformers' (ids exact, scores and token log-probs to 1e-4).
 
 mod common;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use common::*;
@@ -110,6 +111,7 @@ fn replay(model: &str, seed: u64) {
     let (mut finished, mut cancelled, mut failures) = (0, 0, Vec::new());
     let mut step = 0usize;
     let mut max_rows = 0;
+    let mut paused = 0;
     while !(pending.is_empty() && batch.is_empty()) {
         // Between 0 and 3 inputs join (at least one when nothing runs).
         let mut n = rng.below(4);
@@ -139,8 +141,14 @@ fn replay(model: &str, seed: u64) {
             continue;
         }
         max_rows = max_rows.max(batch.rows());
+        let keys: Vec<usize> = batch.keys().copied().collect();
+        let waiting: HashSet<usize> = keys.into_iter().filter(|_| rng.below(4) == 0).collect();
+        paused += waiting.len();
         let out = batch
-            .step(|j| cancel_at.get(j).is_some_and(|&at| at <= step))
+            .step_some(
+                |j| !waiting.contains(j),
+                |j| cancel_at.get(j).is_some_and(|&at| at <= step),
+            )
             .unwrap();
         step += 1;
         for (j, hyps) in out.finished {
@@ -168,6 +176,7 @@ fn replay(model: &str, seed: u64) {
         max_rows > 8,
         "{model}: the batch never held more than {max_rows} rows"
     );
+    assert!(paused > 20, "{model}: only {paused} inputs ever waited");
 }
 
 #[test]

@@ -133,6 +133,8 @@ fn slow_and_stalled_clients_are_cut_off_by_the_timeouts() {
     assert!((0.9..4.0).contains(&secs), "closed after {secs} s");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(json_body(&text)["error"], "request_timeout");
+    let id = json_body(&text)["request_id"].as_str().unwrap().to_string();
+    assert!(text.contains(&format!("x-request-id: {id}")), "{text}");
 
     // A connection that sends nothing at all is closed after the header timeout too.
     let mut silent = connect(&served.url);
@@ -155,6 +157,12 @@ fn slow_and_stalled_clients_are_cut_off_by_the_timeouts() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("x-request-id: "), "{text}");
     assert_eq!(json_body(&text)["error"], "request_timeout");
+    assert!(
+        json_body(&text)["request_id"]
+            .as_str()
+            .is_some_and(|id| text.contains(id)),
+        "{text}"
+    );
 
     // Keep-alive: an idle connection after a request is closed after its timeout.
     let mut idle = connect(&served.url);
@@ -299,9 +307,11 @@ fn api_key_cors_and_json_errors() {
     let big = "a".repeat(40 * 1024);
     let (s, _, body) = http("GET", &format!("{url}/health"), &[("X-Big", &big)], None);
     assert_eq!(s, 431, "{body}");
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["error"],
-        "headers_too_large"
+    let v = serde_json::from_str::<Value>(&body).unwrap();
+    assert_eq!(v["error"], "headers_too_large");
+    assert!(
+        v["request_id"].as_str().is_some_and(|id| id.len() == 36),
+        "{body}"
     );
     let many: Vec<(String, String)> = (0..150).map(|i| (format!("X-H{i}"), "1".into())).collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

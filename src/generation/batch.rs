@@ -38,6 +38,13 @@ impl Search {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Search::Greedy(s) => s.len(),
+            Search::Beam(s) => s.len(),
+        }
+    }
+
     /// Consumes this input's logits; returns the parent row of each surviving row and
     /// whether the input is finished.
     fn step(
@@ -73,6 +80,19 @@ impl<K> Entry<K> {
     fn rows(&self) -> usize {
         self.cfg.num_beams
     }
+
+    /// Rows × the steps it may still take: an upper bound of its remaining work.
+    fn remaining_work(&self) -> usize {
+        self.rows() * self.cfg.max_length.saturating_sub(self.search.len())
+    }
+}
+
+/// One input of a running batch as a scheduler sees it.
+pub struct EntryInfo<'a, K> {
+    pub key: &'a K,
+    pub rows: usize,
+    /// Rows × the steps it may still take (it may finish earlier).
+    pub remaining_work: usize,
 }
 
 /// An input asking to join: the caller's key for it, its token ids (non-empty, within
@@ -134,6 +154,20 @@ impl<'m, K: Send> RunningBatch<'m, K> {
         self.entries.iter().map(|e| &e.key)
     }
 
+    /// The inputs in batch order, for a scheduler choosing which step next.
+    pub fn entries(&self) -> impl Iterator<Item = EntryInfo<'_, K>> {
+        self.entries.iter().map(|e| EntryInfo {
+            key: &e.key,
+            rows: e.rows(),
+            remaining_work: e.remaining_work(),
+        })
+    }
+
+    /// Whether [`Self::step_some`] may leave inputs waiting (the CPU f32 cache).
+    pub fn can_step_some(&self) -> bool {
+        self.model.can_step_some_rows()
+    }
+
     /// Encodes the joiners together (one encoder pass) and adds them after the inputs
     /// already running; they take part in the next step. All or none join.
     pub fn join(&mut self, joiners: Vec<Joiner<K>>) -> Result<()> {
@@ -161,42 +195,73 @@ impl<'m, K: Send> RunningBatch<'m, K> {
     /// One decode step for every input; then the finished inputs and those for which
     /// `cancelled` says so leave, and the rows are compacted.
     pub fn step(&mut self, cancelled: impl Fn(&K) -> bool) -> Result<StepOutcome<K>> {
+        self.step_some(|_| true, cancelled)
+    }
+
+    /// One decode step for the inputs for which `run` says so (all of them when it says
+    /// so for none, or when [`Self::can_step_some`] is false); the others wait with
+    /// their past intact. Then the finished inputs and those for which `cancelled` says
+    /// so (waiting or not) leave, and the rows are compacted.
+    pub fn step_some(
+        &mut self,
+        run: impl Fn(&K) -> bool,
+        cancelled: impl Fn(&K) -> bool,
+    ) -> Result<StepOutcome<K>> {
         let rows = self.rows();
         if rows == 0 {
             return Ok(StepOutcome {
                 finished: Vec::new(),
                 cancelled: Vec::new(),
-                rows,
+                rows: 0,
             });
         }
+        let mut running: Vec<bool> = self.entries.iter().map(|e| run(&e.key)).collect();
+        if !self.can_step_some() || !running.iter().any(|&r| r) {
+            running.iter_mut().for_each(|r| *r = true);
+        }
         let vocab = self.model.vocab_size();
-        let tokens: Vec<u32> = self
-            .entries
-            .iter()
-            .flat_map(|e| e.search.last_tokens())
-            .collect();
-        let cross = CrossBatch::new(
-            self.entries.iter().map(|e| &e.encoded).collect(),
-            self.entries.iter().map(Entry::rows).collect(),
-        );
-        let logits = self.model.decode_step(&tokens, &mut self.decoder, &cross)?;
+        let (mut tokens, mut stepped, mut inputs, mut input_rows) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut first_row = 0u32;
+        for (e, &r) in self.entries.iter().zip(&running) {
+            let n = e.rows() as u32;
+            if r {
+                tokens.extend(e.search.last_tokens());
+                stepped.extend(first_row..first_row + n);
+                inputs.push(&e.encoded);
+                input_rows.push(e.rows());
+            }
+            first_row += n;
+        }
+        let cross = CrossBatch::new(inputs, input_rows);
+        let logits = self
+            .model
+            .decode_step_rows(&tokens, &mut self.decoder, &stepped, &cross)?;
         drop(cross);
         let mut logits = logits.flatten_all()?.to_vec1::<f32>()?;
 
-        // Advance every search (in parallel: inputs are independent, and the work over
-        // the vocabulary is per row).
-        let mut chunks: Vec<&mut [f32]> = Vec::with_capacity(self.entries.len());
+        // Advance every search that ran (in parallel: inputs are independent, and the
+        // work over the vocabulary is per row).
+        let mut chunks: Vec<Option<&mut [f32]>> = Vec::with_capacity(self.entries.len());
         let mut rest = logits.as_mut_slice();
-        for e in &self.entries {
-            let (mine, after) = rest.split_at_mut(e.rows() * vocab);
-            chunks.push(mine);
-            rest = after;
+        for (e, &r) in self.entries.iter().zip(&running) {
+            if r {
+                let (mine, after) = rest.split_at_mut(e.rows() * vocab);
+                chunks.push(Some(mine));
+                rest = after;
+            } else {
+                chunks.push(None);
+            }
         }
         let steps: Vec<(Vec<usize>, bool)> = self
             .entries
             .par_iter_mut()
             .zip(chunks)
-            .map(|(e, chunk)| e.search.step(chunk, vocab, &e.cfg))
+            .map(|(e, chunk)| match chunk {
+                Some(chunk) => e.search.step(chunk, vocab, &e.cfg),
+                // Waiting: every row continues from itself.
+                None => ((0..e.rows()).collect(), false),
+            })
             .collect();
 
         // The rows the survivors continue from.
@@ -204,7 +269,7 @@ impl<'m, K: Send> RunningBatch<'m, K> {
         let mut outcome = StepOutcome {
             finished: Vec::new(),
             cancelled: Vec::new(),
-            rows,
+            rows: tokens.len(),
         };
         let mut still = Vec::with_capacity(self.entries.len());
         let mut first_row = 0;

@@ -99,6 +99,15 @@ impl BeamSearch {
         }
     }
 
+    /// Tokens so far in each running beam, the start token included.
+    pub fn len(&self) -> usize {
+        self.running[0].seq.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
     pub fn last_tokens(&self) -> Vec<u32> {
         self.running
             .iter()

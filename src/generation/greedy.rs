@@ -19,6 +19,15 @@ impl GreedySearch {
         }
     }
 
+    /// Tokens so far, the start token included.
+    pub fn len(&self) -> usize {
+        self.seq.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seq.is_empty()
+    }
+
     pub fn last_tokens(&self) -> Vec<u32> {
         vec![*self.seq.last().expect("start token")]
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::model::EncoderDecoderModel;
-pub use batch::{Joiner, RunningBatch, StepOutcome};
+pub use batch::{EntryInfo, Joiner, RunningBatch, StepOutcome};
 pub use config::{EarlyStopping, GenerationConfig, GenerationOverrides, InvalidParameters};
 
 /// One returned sequence.

@@ -30,6 +30,9 @@ pub struct History {
     free: Vec<u32>,
     /// Cells handed out so far: ids `0..cells`.
     cells: usize,
+    /// The rows the current step advances (all of them, or a subset while the others
+    /// wait), in query-row order.
+    stepping: Vec<u32>,
 }
 
 impl History {
@@ -60,8 +63,16 @@ impl History {
     /// Gives every row a cell for the token it adds in this step. Returns each row's
     /// position for that token (its length before the step).
     pub fn begin_step(&mut self) -> Vec<usize> {
-        let mut positions = Vec::with_capacity(self.paths.len());
-        for path in &mut self.paths {
+        let all: Vec<u32> = (0..self.paths.len() as u32).collect();
+        self.begin_step_rows(&all)
+    }
+
+    /// [`Self::begin_step`] for the rows `rows` only (ascending); the others keep their
+    /// history and wait. Query row i of the step is row `rows[i]`.
+    pub fn begin_step_rows(&mut self, rows: &[u32]) -> Vec<usize> {
+        let mut positions = Vec::with_capacity(rows.len());
+        for &r in rows {
+            let path = &mut self.paths[r as usize];
             positions.push(path.len());
             let cell = self.free.pop().unwrap_or_else(|| {
                 self.cells += 1;
@@ -69,12 +80,28 @@ impl History {
             });
             path.push(cell);
         }
+        self.stepping = rows.to_vec();
         positions
     }
 
-    /// The cell each row writes in this step (after [`Self::begin_step`]).
-    fn newest(&self, row: usize) -> usize {
-        *self.paths[row]
+    /// Rows the current step advances.
+    pub fn stepping(&self) -> usize {
+        self.stepping.len()
+    }
+
+    fn stepping_all(&self) -> bool {
+        self.stepping.len() == self.paths.len()
+    }
+
+    /// The history of query row `i` of the current step, this step's cell last.
+    fn path(&self, i: usize) -> &[u32] {
+        &self.paths[self.stepping[i] as usize]
+    }
+
+    /// The cell query row `i` writes in this step.
+    fn newest(&self, i: usize) -> usize {
+        *self
+            .path(i)
             .last()
             .expect("begin_step gave every row a cell") as usize
     }
@@ -136,10 +163,10 @@ impl KvCache {
         history: &History,
     ) -> Result<Tensor> {
         let (rows, heads, _, head_dim) = q.dims4()?;
-        if rows != history.rows() {
+        if rows != history.stepping() {
             candle_core::bail!(
-                "self-attention: {rows} query rows for a history of {} rows",
-                history.rows()
+                "self-attention: {rows} query rows for a step of {} rows",
+                history.stepping()
             )
         }
         if matches!(self.kind, CacheKind::Empty) && !self.tensors_only && is_cpu_f32(&[q, k, v]) {
@@ -157,6 +184,11 @@ impl KvCache {
                 let out = with_slice(&q, |q| Ok(store.attend(q, scale as f32, history)))?;
                 Tensor::from_vec(out, (rows, heads, 1, head_dim), q.device())
             }
+            _ if !history.stepping_all() => candle_core::bail!(
+                "a step over some rows only needs the CPU f32 cache (not {:?} on {:?})",
+                q.dtype(),
+                q.device()
+            ),
             kind => {
                 let (k, v) = match kind {
                     CacheKind::Tensors { k: pk, v: pv } => {
@@ -261,7 +293,7 @@ impl CellStore {
             self.k.resize(size, 0.0);
             self.v.resize(size, 0.0);
         }
-        for row in 0..history.rows() {
+        for row in 0..history.stepping() {
             let at = history.newest(row) * width;
             self.k[at..at + width].copy_from_slice(&k[row * width..][..width]);
             self.v[at..at + width].copy_from_slice(&v[row * width..][..width]);
@@ -275,7 +307,7 @@ impl CellStore {
         let mut out = vec![0f32; q.len()];
         out.par_chunks_mut(d).enumerate().for_each(|(rh, out)| {
             let (row, head) = (rh / heads, rh % heads);
-            let path = &history.paths[row];
+            let path = history.path(row);
             let mut scores = vec![0f32; path.len()];
             let at = |p: usize| (path[p] as usize * heads + head) * d;
             small_attention::attend_row(

@@ -237,22 +237,45 @@ impl EncoderDecoderModel {
         state: &mut DecoderState,
         cross: &CrossBatch,
     ) -> Result<Tensor> {
-        let rows = tokens.len();
+        let all: Vec<u32> = (0..state.rows() as u32).collect();
+        self.decode_step_rows(tokens, state, &all, cross)
+    }
+
+    /// [`Self::decode_step`] for the rows `rows` of `state` only (ascending; one token
+    /// each, `cross` grouping them); the other rows keep their past and wait. Only the
+    /// CPU f32 cache can leave rows waiting.
+    pub fn decode_step_rows(
+        &self,
+        tokens: &[u32],
+        state: &mut DecoderState,
+        rows: &[u32],
+        cross: &CrossBatch,
+    ) -> Result<Tensor> {
+        let n = tokens.len();
         anyhow::ensure!(
-            rows == state.rows() && rows == cross.total_rows(),
-            "decode step: {rows} tokens for {} decoder rows and {} cross-attention rows",
+            n == rows.len()
+                && n == cross.total_rows()
+                && rows.windows(2).all(|w| w[0] < w[1])
+                && rows.last().is_none_or(|&r| (r as usize) < state.rows()),
+            "decode step: {n} tokens for rows {rows:?} of {} decoder rows and {} \
+             cross-attention rows",
             state.rows(),
             cross.total_rows()
         );
         let dec_cfg = &self.config.decoder;
         let positions: Vec<u32> = tokens
             .iter()
-            .zip(state.history.begin_step())
+            .zip(state.history.begin_step_rows(rows))
             .flat_map(|(&t, past)| position_ids(dec_cfg, &[t], past))
             .collect();
-        let tokens = Tensor::from_slice(tokens, (rows, 1), &self.device)?;
-        let positions = Tensor::from_vec(positions, (rows, 1), &self.device)?;
+        let tokens = Tensor::from_slice(tokens, (n, 1), &self.device)?;
+        let positions = Tensor::from_vec(positions, (n, 1), &self.device)?;
         let logits = self.decoder.step(&tokens, &positions, state, cross)?;
         Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// Whether [`Self::decode_step_rows`] may leave rows waiting (the CPU f32 cache).
+    pub fn can_step_some_rows(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32
     }
 }

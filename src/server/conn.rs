@@ -154,11 +154,16 @@ impl Reject {
 }
 
 /// A complete HTTP/1.1 error response with the JSON error body, closing the connection.
+///
+/// The head was never parsed, so the client's `x-request-id` is unknown: the response
+/// gets a new id (in its body and header), as a request without one would.
 fn canned(kind: ErrorKind, message: &str) -> Vec<u8> {
     let (code, status) = kind.code_and_status();
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let id = uuid::Uuid::new_v4().to_string();
+    let body =
+        serde_json::json!({ "error": code, "message": message, "request_id": id }).to_string();
     format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
@@ -453,9 +458,15 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-fn error_response(kind: ErrorKind, message: &str) -> Response<Body> {
+fn error_response(
+    kind: ErrorKind,
+    message: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<Body> {
     let (code, status) = kind.code_and_status();
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let id = request_id.and_then(|v| v.to_str().ok());
+    let body =
+        serde_json::json!({ "error": code, "message": message, "request_id": id }).to_string();
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -512,10 +523,13 @@ async fn connection(
                     BODY_TIMED_OUT => error_response(
                         ErrorKind::RequestTimeout,
                         &format!("no request body data for {} s", body_timeout.as_secs_f64()),
+                        request_id.as_ref(),
                     ),
-                    BODY_SHUTDOWN => {
-                        error_response(ErrorKind::ShuttingDown, "the server is shutting down")
-                    }
+                    BODY_SHUTDOWN => error_response(
+                        ErrorKind::ShuttingDown,
+                        "the server is shutting down",
+                        request_id.as_ref(),
+                    ),
                     _ => response,
                 };
                 if let Some(id) = request_id {

@@ -23,6 +23,17 @@
 //! ([`join_order`]): those admitted more than `max_bypass_ms` ago, oldest first, then the
 //! least work first (input tokens + beams × new tokens), so that a short request is not
 //! held behind the encoder passes of a long one that arrived just before it.
+//!
+//! Shortest remaining work first, beyond an efficient step ([`step_plan`]): on a CPU a
+//! decode step costs about the same per row once it holds a few dozen rows, so running
+//! long work beside short work buys little throughput and slows the short work down to
+//! the joint step rate. Each step therefore advances the inputs in order of remaining
+//! work (rows × steps left) while it holds fewer than `min_step_rows` rows, and beyond
+//! that only those within [`WORK_RATIO`]× the shortest one's remaining work; the rest
+//! wait (their caches intact) while short work finishes, and a joiner with more than
+//! that much work is not encoded meanwhile. Nothing waits longer than `max_bypass_ms`:
+//! then it goes first. `min_step_rows = max_batch_rows` turns this off (every input runs
+//! every step), as a GPU, where wide steps are nearly free, would want.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -158,6 +169,46 @@ pub fn join_order(
     picked
 }
 
+/// Beyond `min_step_rows`, a step takes inputs with at most this many times the
+/// remaining work of the shortest one.
+pub const WORK_RATIO: usize = 4;
+
+/// Which inputs the next decode step advances (see the module documentation), from each
+/// input's (rows, remaining work, waited longer than `max_bypass_ms`).
+pub fn step_plan(entries: &[(usize, usize, bool)], min_step_rows: usize) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| {
+        let (_, work, aged) = entries[i];
+        (!aged, work)
+    });
+    let mut run = vec![false; entries.len()];
+    let mut rows = 0;
+    let mut shortest = None;
+    for i in order {
+        let (n, work, aged) = entries[i];
+        let short = work <= shortest.unwrap_or(work).saturating_mul(WORK_RATIO);
+        if aged || rows < min_step_rows || short {
+            run[i] = true;
+            rows += n;
+            shortest.get_or_insert(work);
+        }
+    }
+    run
+}
+
+/// Whether a joiner with `work` may be encoded now, next to running inputs holding
+/// `rows` rows whose shortest remaining work is `shortest` (see [`step_plan`]).
+pub fn may_join(
+    work: usize,
+    aged: bool,
+    rows: usize,
+    shortest: Option<usize>,
+    limits: &Batching,
+) -> bool {
+    aged || rows < limits.min_step_rows
+        || shortest.is_none_or(|s| work <= s.saturating_mul(WORK_RATIO))
+}
+
 /// How much work a sequence is, for [`join_order`].
 fn work(seq: &Sequence) -> usize {
     seq.ids
@@ -173,6 +224,8 @@ struct Live {
     enqueued: Instant,
     joined: Instant,
     cost: Budget,
+    /// When it last took a decode step (or joined).
+    last_step: Instant,
     /// Most sequences it decoded beside (itself included): its `batch_size`.
     batch_size: usize,
     stepped: bool,
@@ -204,7 +257,7 @@ impl Worker {
                 waiting.extend(msg.into_sequences());
             }
             let mut freed = Budget::default();
-            let arrived = self.next_joiners(&mut waiting, &limits, &mut freed);
+            let arrived = self.next_joiners(&mut waiting, &batch, &limits, &mut freed);
             self.join(&mut batch, &mut live, &mut next_key, arrived, &mut freed);
             // Work whose request is gone leaves before a step is spent on it.
             let now = Instant::now();
@@ -218,7 +271,7 @@ impl Worker {
                 Err(e) => self.fail_all(&mut batch, &mut live, &format!("{e:#}"), &mut freed),
             }
             if !batch.is_empty() {
-                self.step(&mut batch, &mut live, &mut freed);
+                self.step(&mut batch, &mut live, &limits, &mut freed);
             }
             shown = self.show(&batch, &live, shown);
             if freed != Budget::default() && self.done.send(Command::Left(self.n, freed)).is_err() {
@@ -232,6 +285,7 @@ impl Worker {
     fn next_joiners(
         &self,
         waiting: &mut Vec<Sequence>,
+        batch: &RunningBatch<u64>,
         limits: &Batching,
         freed: &mut Budget,
     ) -> Vec<Sequence> {
@@ -253,7 +307,26 @@ impl Worker {
             .iter()
             .map(|s| (s.enqueued, s.ids.len(), work(s)))
             .collect();
-        let mut picked = join_order(&keys, limits, now);
+        // Long work is not encoded while shorter work runs (see `step_plan`).
+        let rows = batch.rows();
+        let shortest = batch.entries().map(|e| e.remaining_work).min();
+        let bypass = Duration::from_millis(limits.max_bypass_ms);
+        let allowed: Vec<usize> = (0..keys.len())
+            .filter(|&i| {
+                let (queued, _, work) = keys[i];
+                let aged = now.saturating_duration_since(queued) >= bypass;
+                may_join(work, aged, rows, shortest, limits)
+            })
+            .collect();
+        let candidates: Vec<(Instant, usize, usize)> = allowed.iter().map(|&i| keys[i]).collect();
+        let mut picked: Vec<usize> = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            join_order(&candidates, limits, now)
+                .into_iter()
+                .map(|j| allowed[j])
+                .collect()
+        };
         picked.sort_unstable();
         let mut joiners = Vec::with_capacity(picked.len());
         for (i, seq) in alive.into_iter().enumerate() {
@@ -301,6 +374,7 @@ impl Worker {
                     span: seq.span,
                     enqueued: seq.enqueued,
                     joined: now,
+                    last_step: now,
                     cost,
                     batch_size: 0,
                     stepped: false,
@@ -352,6 +426,7 @@ impl Worker {
         &'w self,
         batch: &mut RunningBatch<'w, u64>,
         live: &mut HashMap<u64, Live>,
+        limits: &Batching,
         freed: &mut Budget,
     ) {
         let started = Instant::now();
@@ -368,11 +443,37 @@ impl Worker {
                 );
             }
         }
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            batch.step(|k| {
-                live.get(k)
-                    .is_some_and(|l| l.ticket.dead(started).is_some())
+        let bypass = Duration::from_millis(limits.max_bypass_ms);
+        let plan: Vec<(usize, usize, bool)> = batch
+            .entries()
+            .map(|e| {
+                let aged = live
+                    .get(e.key)
+                    .is_some_and(|l| started.saturating_duration_since(l.last_step) >= bypass);
+                (e.rows, e.remaining_work, aged)
             })
+            .collect();
+        let run = step_plan(&plan, limits.min_step_rows);
+        let keys: Vec<u64> = batch.keys().copied().collect();
+        let stepping: std::collections::HashSet<u64> = keys
+            .iter()
+            .zip(&run)
+            .filter(|(_, &r)| r)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &stepping {
+            if let Some(l) = live.get_mut(k) {
+                l.last_step = started;
+            }
+        }
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            batch.step_some(
+                |k| stepping.contains(k),
+                |k| {
+                    live.get(k)
+                        .is_some_and(|l| l.ticket.dead(started).is_some())
+                },
+            )
         }));
         self.m.decode_step.observe(started.elapsed().as_secs_f64());
         let out = match result {
@@ -614,6 +715,37 @@ mod tests {
         let waiting = [(ago(10), 900, 900), (ago(5), 10, 10)];
         assert_eq!(join_order(&waiting, &l, now), vec![1]);
         assert_eq!(join_order(&waiting[..1], &l, now), vec![0]);
+    }
+
+    #[test]
+    fn steps_take_the_shortest_work_beyond_an_efficient_step() {
+        // A heavy request's 8 inputs (8 rows, 2000 steps of work left) and 10 short ones.
+        let mut entries = vec![(8, 8 * 250, false); 8];
+        entries.extend(vec![(1, 15, false); 10]);
+        let run = step_plan(&entries, 16);
+        // The 10 short ones run; one heavy input fills the step to 16+ rows.
+        assert_eq!(run.iter().filter(|&&r| r).count(), 11);
+        assert!(run[8..].iter().all(|&r| r));
+        // Every input runs every step when min_step_rows covers the batch, or when the
+        // remaining work is alike (a closed loop of equal requests).
+        assert!(step_plan(&entries, 128).iter().all(|&r| r));
+        assert!(
+            step_plan(&[(4, 200, false), (4, 256, false), (4, 180, false)], 1)
+                .iter()
+                .all(|&r| r)
+        );
+        // Waiting longer than max_bypass_ms runs first, whatever its work.
+        let run = step_plan(&[(8, 2000, true), (1, 15, false), (1, 15, false)], 1);
+        assert_eq!(run, vec![true, true, true]);
+        let run = step_plan(&[(8, 2000, false), (1, 15, false), (1, 15, false)], 1);
+        assert_eq!(run, vec![false, true, true]);
+        // Long joiners wait while short work runs, unless the step is still small.
+        let l = Batching::default();
+        assert!(!may_join(2304, false, 42, Some(15), &l));
+        assert!(may_join(2304, true, 42, Some(15), &l));
+        assert!(may_join(2304, false, 8, Some(15), &l));
+        assert!(may_join(272, false, 64, Some(2000), &l));
+        assert!(may_join(2304, false, 64, None, &l));
     }
 
     #[test]
