@@ -196,8 +196,9 @@ pub fn step_plan(entries: &[(usize, usize, bool)], min_step_rows: usize) -> Vec<
     run
 }
 
-/// Whether a joiner with `work` may be encoded now, next to running inputs holding
-/// `rows` rows whose shortest remaining work is `shortest` (see [`step_plan`]).
+/// Whether a joiner whose decoding is `work` (rows × steps) may be encoded now, next to
+/// running inputs holding `rows` rows whose shortest remaining work is `shortest` (see
+/// [`step_plan`]).
 pub fn may_join(
     work: usize,
     aged: bool,
@@ -307,15 +308,18 @@ impl Worker {
             .iter()
             .map(|s| (s.enqueued, s.ids.len(), work(s)))
             .collect();
+        let decode_work: Vec<usize> = alive
+            .iter()
+            .map(|s| s.cfg.num_beams.saturating_mul(s.cfg.max_length))
+            .collect();
         // Long work is not encoded while shorter work runs (see `step_plan`).
         let rows = batch.rows();
         let shortest = batch.entries().map(|e| e.remaining_work).min();
         let bypass = Duration::from_millis(limits.max_bypass_ms);
         let allowed: Vec<usize> = (0..keys.len())
             .filter(|&i| {
-                let (queued, _, work) = keys[i];
-                let aged = now.saturating_duration_since(queued) >= bypass;
-                may_join(work, aged, rows, shortest, limits)
+                let aged = now.saturating_duration_since(keys[i].0) >= bypass;
+                may_join(decode_work[i], aged, rows, shortest, limits)
             })
             .collect();
         let candidates: Vec<(Instant, usize, usize)> = allowed.iter().map(|&i| keys[i]).collect();
@@ -741,11 +745,12 @@ mod tests {
         assert_eq!(run, vec![false, true, true]);
         // Long joiners wait while short work runs, unless the step is still small.
         let l = Batching::default();
-        assert!(!may_join(2304, false, 42, Some(15), &l));
-        assert!(may_join(2304, true, 42, Some(15), &l));
-        assert!(may_join(2304, false, 8, Some(15), &l));
-        assert!(may_join(272, false, 64, Some(2000), &l));
-        assert!(may_join(2304, false, 64, None, &l));
+        assert!(!may_join(2048, false, 42, Some(15), &l));
+        assert!(may_join(2048, true, 42, Some(15), &l));
+        assert!(may_join(2048, false, 8, Some(15), &l));
+        assert!(may_join(16, false, 42, Some(15), &l));
+        assert!(may_join(16, false, 64, Some(2000), &l));
+        assert!(may_join(2048, false, 64, None, &l));
     }
 
     #[test]
