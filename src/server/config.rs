@@ -186,7 +186,7 @@ pub struct Batching {
     /// Continuous: rows a decode step takes regardless of their remaining work; beyond
     /// them a step takes only inputs with at most 4× the remaining work of the shortest
     /// (long work waits, at most `max_bypass_ms`, while short work finishes).
-    /// `max_batch_rows` or more: every input runs every step.
+    /// 0 (the default): every input runs every step.
     pub min_step_rows: usize,
     /// Continuous: most input tokens encoded at one step boundary (at least one
     /// sequence), which bounds how long running sequences stall for joiners.
@@ -206,7 +206,7 @@ impl Default for Batching {
             max_batch_kv_tokens: 32_768,
             max_bypass_ms: 5_000,
             max_join_tokens: 1_024,
-            min_step_rows: 16,
+            min_step_rows: 0,
             max_wait_ms: 5,
         }
     }

@@ -32,8 +32,9 @@
 //! that only those within [`WORK_RATIO`]× the shortest one's remaining work; the rest
 //! wait (their caches intact) while short work finishes, and a joiner with more than
 //! that much work is not encoded meanwhile. Nothing waits longer than `max_bypass_ms`:
-//! then it goes first. `min_step_rows = max_batch_rows` turns this off (every input runs
-//! every step), as a GPU, where wide steps are nearly free, would want.
+//! then it goes first. `min_step_rows = 0` (the default) turns this off: every input runs
+//! every step, and joiners are encoded whatever runs. Measured on a 2-core Xeon
+//! (docs/PERFORMANCE.md), pausing at 16 rows cost more than it gained, so it is opt-in.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -206,7 +207,9 @@ pub fn may_join(
     shortest: Option<usize>,
     limits: &Batching,
 ) -> bool {
-    aged || rows < limits.min_step_rows
+    limits.min_step_rows == 0
+        || aged
+        || rows < limits.min_step_rows
         || shortest.is_none_or(|s| work <= s.saturating_mul(WORK_RATIO))
 }
 
@@ -457,7 +460,11 @@ impl Worker {
                 (e.rows, e.remaining_work, aged)
             })
             .collect();
-        let run = step_plan(&plan, limits.min_step_rows);
+        let run = if limits.min_step_rows == 0 {
+            vec![true; plan.len()]
+        } else {
+            step_plan(&plan, limits.min_step_rows)
+        };
         let keys: Vec<u64> = batch.keys().copied().collect();
         let stepping: std::collections::HashSet<u64> = keys
             .iter()
@@ -744,7 +751,11 @@ mod tests {
         let run = step_plan(&[(8, 2000, false), (1, 15, false), (1, 15, false)], 1);
         assert_eq!(run, vec![false, true, true]);
         // Long joiners wait while short work runs, unless the step is still small.
-        let l = Batching::default();
+        let l = Batching {
+            min_step_rows: 16,
+            ..Batching::default()
+        };
+        assert!(may_join(2048, false, 42, Some(15), &Batching::default()));
         assert!(!may_join(2048, false, 42, Some(15), &l));
         assert!(may_join(2048, true, 42, Some(15), &l));
         assert!(may_join(2048, false, 8, Some(15), &l));
