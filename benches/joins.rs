@@ -5,23 +5,15 @@
 //! cargo bench --bench joins -- MODEL_DIR [--heavy 8] [--beams 8] [--steps 48]
 //!     [--joiners 10] [--join-at 8] [--joiner-tokens 16] [--src-len 256]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use common::arg;
 use encdec::engine::{Engine, EngineOptions};
 use encdec::generation::{GenerationOverrides, Joiner, RunningBatch};
-
-fn arg(args: &[String], name: &str, default: usize) -> Result<usize> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .context("missing value")?
-            .parse()
-            .with_context(|| format!("{name} takes a number")),
-        None => Ok(default),
-    }
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -51,7 +43,7 @@ fn run(
             join_seconds = t.elapsed().as_secs_f64();
         }
         let t = Instant::now();
-        batch.step(|_| false)?;
+        batch.step()?;
         times.push(t.elapsed().as_secs_f64());
     }
     Ok((times, join_seconds))

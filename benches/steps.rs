@@ -6,10 +6,13 @@
 //!
 //! A baseline for the ratios: the same encoder pass and decode step at batch 1, beams 1.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use common::arg;
 use encdec::engine::{Engine, EngineOptions};
 use encdec::model::CrossBatch;
 
@@ -43,17 +46,6 @@ fn timed(mut f: impl FnMut() -> Result<()>) -> Result<Timed> {
         wall,
         cores: (cpu_seconds() - c) / wall,
     })
-}
-
-fn arg(args: &[String], name: &str, default: usize) -> Result<usize> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .context("missing value")?
-            .parse()
-            .with_context(|| format!("{name} takes a number")),
-        None => Ok(default),
-    }
 }
 
 struct Shape {

@@ -190,6 +190,23 @@ fn post(base: &str, path: &str, body: &Value) -> Resp {
     )
 }
 
+/// Posts every body at once (one thread each); asserts 200s, returns the JSON in order.
+fn post_all_ok(base: &str, path: &str, bodies: &[Value]) -> Vec<Value> {
+    std::thread::scope(|s| {
+        let threads: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                s.spawn(move || {
+                    let r = post(base, path, b);
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    r.json()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
 fn get(base: &str, path: &str) -> Resp {
     request("GET", &format!("{base}{path}"), None, &[])
 }
@@ -593,25 +610,11 @@ fn concurrent_burst_is_batched_and_outputs_match_single_requests() {
     let before = metric(&url, "encdec_batch_size_count", &[]);
     let before_single = metric(&url, "encdec_batch_size_bucket", &[("le", "1")]);
 
-    let burst: Vec<Value> = std::thread::scope(|s| {
-        let threads: Vec<_> = texts
-            .iter()
-            .map(|t| {
-                let url = &url;
-                let params = &params;
-                s.spawn(move || {
-                    let r = post(
-                        url,
-                        "/summarize",
-                        &json!({"inputs": t, "parameters": params}),
-                    );
-                    assert_eq!(r.status, 200, "{}", r.body);
-                    r.json()
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).collect()
-    });
+    let bodies: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"inputs": t, "parameters": params}))
+        .collect();
+    let burst = post_all_ok(&url, "/summarize", &bodies);
     let batches = metric(&url, "encdec_batch_size_count", &[]) - before;
     let single_batches = metric(&url, "encdec_batch_size_bucket", &[("le", "1")]) - before_single;
     assert!(batches < 8.0, "8 requests ran in {batches} batches");
@@ -686,20 +689,7 @@ fn requests_join_a_running_batch_and_leave_it_first() {
     });
     assert!(wait_until(20.0, || metric(&url, "encdec_batch_rows", &[]) == 64.0));
     let joins_before = metric(&url, "encdec_batch_joins_total", &[]);
-    let beside: Vec<Value> = std::thread::scope(|s| {
-        let threads: Vec<_> = smalls
-            .iter()
-            .map(|b| {
-                let url = &url;
-                s.spawn(move || {
-                    let r = post(url, "/summarize", b);
-                    assert_eq!(r.status, 200, "{}", r.body);
-                    r.json()
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).collect()
-    });
+    let beside = post_all_ok(&url, "/summarize", &smalls);
     // They joined the heavy request's batch and left while it still ran.
     assert!(
         !heavy.is_finished(),

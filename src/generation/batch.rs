@@ -107,8 +107,6 @@ pub struct Joiner<K> {
 pub struct StepOutcome<K> {
     /// Inputs that finished, with their `num_return_sequences` hypotheses (best first).
     pub finished: Vec<(K, Vec<Hypothesis>)>,
-    /// Inputs dropped because the caller said so.
-    pub cancelled: Vec<K>,
     /// Rows the step decoded.
     pub rows: usize,
 }
@@ -170,14 +168,17 @@ impl<'m, K: Send> RunningBatch<'m, K> {
 
     /// Encodes the joiners together (one encoder pass) and adds them after the inputs
     /// already running; they take part in the next step. All or none join.
-    pub fn join(&mut self, joiners: Vec<Joiner<K>>) -> Result<()> {
+    pub fn join(&mut self, mut joiners: Vec<Joiner<K>>) -> Result<()> {
         if joiners.is_empty() {
             return Ok(());
         }
         for j in &joiners {
             j.cfg.validate()?;
         }
-        let ids: Vec<Vec<u32>> = joiners.iter().map(|j| j.ids.clone()).collect();
+        let ids: Vec<Vec<u32>> = joiners
+            .iter_mut()
+            .map(|j| std::mem::take(&mut j.ids))
+            .collect();
         let encoded = self.model.encode(&ids)?;
         for (j, encoded) in joiners.into_iter().zip(encoded) {
             let entry = Entry {
@@ -192,28 +193,22 @@ impl<'m, K: Send> RunningBatch<'m, K> {
         Ok(())
     }
 
-    /// One decode step for every input; then the finished inputs and those for which
-    /// `cancelled` says so leave, and the rows are compacted.
-    pub fn step(&mut self, cancelled: impl Fn(&K) -> bool) -> Result<StepOutcome<K>> {
-        self.step_some(|_| true, cancelled)
+    /// One decode step for every input; then the finished inputs leave and the rows
+    /// are compacted. (Cancelled inputs leave through [`Self::remove`], before a step.)
+    pub fn step(&mut self) -> Result<StepOutcome<K>> {
+        self.step_some(|_| true)
     }
 
     /// One decode step for the inputs for which `run` says so (all of them when it says
     /// so for none, or when [`Self::can_step_some`] is false); the others wait with
-    /// their past intact. Then the finished inputs and those for which `cancelled` says
-    /// so (waiting or not) leave, and the rows are compacted.
-    pub fn step_some(
-        &mut self,
-        run: impl Fn(&K) -> bool,
-        cancelled: impl Fn(&K) -> bool,
-    ) -> Result<StepOutcome<K>> {
-        let rows = self.rows();
-        if rows == 0 {
-            return Ok(StepOutcome {
-                finished: Vec::new(),
-                cancelled: Vec::new(),
-                rows: 0,
-            });
+    /// their past intact. Then the finished inputs leave and the rows are compacted.
+    pub fn step_some(&mut self, run: impl Fn(&K) -> bool) -> Result<StepOutcome<K>> {
+        let mut outcome = StepOutcome {
+            finished: Vec::new(),
+            rows: 0,
+        };
+        if self.entries.is_empty() {
+            return Ok(outcome);
         }
         let mut running: Vec<bool> = self.entries.iter().map(|e| run(&e.key)).collect();
         if !self.can_step_some() || !running.iter().any(|&r| r) {
@@ -233,6 +228,7 @@ impl<'m, K: Send> RunningBatch<'m, K> {
             }
             first_row += n;
         }
+        outcome.rows = tokens.len();
         let cross = CrossBatch::new(inputs, input_rows);
         let logits = self
             .model
@@ -264,25 +260,50 @@ impl<'m, K: Send> RunningBatch<'m, K> {
             })
             .collect();
 
-        // The rows the survivors continue from.
+        let mut steps = steps.into_iter();
+        self.retain(
+            |_| {
+                let (parents, done) = steps.next().expect("one step result per input");
+                (!done).then_some(parents)
+            },
+            |e| outcome.finished.push((e.key, e.search.finish(&e.cfg))),
+        )?;
+        Ok(outcome)
+    }
+
+    /// Drops the inputs for which `leave` says so (between steps); returns their keys.
+    pub fn remove(&mut self, leave: impl Fn(&K) -> bool) -> Result<Vec<K>> {
+        if !self.entries.iter().any(|e| leave(&e.key)) {
+            return Ok(Vec::new());
+        }
+        let mut removed = Vec::new();
+        self.retain(
+            |e| (!leave(&e.key)).then(|| (0..e.rows()).collect()),
+            |e| removed.push(e.key),
+        )?;
+        Ok(removed)
+    }
+
+    /// Keeps, in order, the inputs for which `keep` names the rows (counted from the
+    /// input's first row) they continue from; hands the others to `gone`; compacts the
+    /// decoder's rows to match.
+    fn retain(
+        &mut self,
+        mut keep: impl FnMut(&Entry<K>) -> Option<Vec<usize>>,
+        mut gone: impl FnMut(Entry<K>),
+    ) -> Result<()> {
+        let rows = self.rows();
         let mut keep_rows: Vec<u32> = Vec::with_capacity(rows);
-        let mut outcome = StepOutcome {
-            finished: Vec::new(),
-            cancelled: Vec::new(),
-            rows: tokens.len(),
-        };
         let mut still = Vec::with_capacity(self.entries.len());
         let mut first_row = 0;
-        for (e, (parents, done)) in std::mem::take(&mut self.entries).into_iter().zip(steps) {
+        for e in std::mem::take(&mut self.entries) {
             let n = e.rows();
-            if done {
-                let hypotheses = e.search.finish(&e.cfg);
-                outcome.finished.push((e.key, hypotheses));
-            } else if cancelled(&e.key) {
-                outcome.cancelled.push(e.key);
-            } else {
-                keep_rows.extend(parents.iter().map(|p| (first_row + p) as u32));
-                still.push(e);
+            match keep(&e) {
+                Some(parents) => {
+                    keep_rows.extend(parents.iter().map(|p| (first_row + p) as u32));
+                    still.push(e);
+                }
+                None => gone(e),
             }
             first_row += n;
         }
@@ -295,34 +316,6 @@ impl<'m, K: Send> RunningBatch<'m, K> {
         {
             self.decoder.select_rows(&keep_rows)?;
         }
-        Ok(outcome)
-    }
-
-    /// Drops the inputs for which `leave` says so (between steps); returns their keys.
-    pub fn remove(&mut self, leave: impl Fn(&K) -> bool) -> Result<Vec<K>> {
-        if !self.entries.iter().any(|e| leave(&e.key)) {
-            return Ok(Vec::new());
-        }
-        let mut keep_rows = Vec::new();
-        let mut removed = Vec::new();
-        let mut still = Vec::with_capacity(self.entries.len());
-        let mut first_row = 0u32;
-        for e in std::mem::take(&mut self.entries) {
-            let n = e.rows() as u32;
-            if leave(&e.key) {
-                removed.push(e.key);
-            } else {
-                keep_rows.extend(first_row..first_row + n);
-                still.push(e);
-            }
-            first_row += n;
-        }
-        self.entries = still;
-        if self.entries.is_empty() {
-            self.decoder = self.model.new_decoder_state();
-        } else {
-            self.decoder.select_rows(&keep_rows)?;
-        }
-        Ok(removed)
+        Ok(())
     }
 }

@@ -88,15 +88,18 @@ pub fn generate(
     observer.on_encoded(inputs.len(), started.elapsed());
     let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
     while !batch.is_empty() {
+        for input in batch.remove(|&input| observer.is_cancelled(input))? {
+            outcomes[input] = Some(Outcome::Cancelled);
+        }
+        if batch.is_empty() {
+            break;
+        }
         let started = Instant::now();
-        let step = batch.step(|&input| observer.is_cancelled(input))?;
+        let step = batch.step()?;
         observer.on_step(step.rows, started.elapsed());
         for (input, hypotheses) in step.finished {
             observer.on_finished(input, &hypotheses);
             outcomes[input] = Some(Outcome::Finished(hypotheses));
-        }
-        for input in step.cancelled {
-            outcomes[input] = Some(Outcome::Cancelled);
         }
     }
     Ok(outcomes

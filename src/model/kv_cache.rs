@@ -109,10 +109,30 @@ impl History {
     /// Keeps rows `index`, in that order (beam reordering, inputs leaving), and frees
     /// the cells no kept row refers to.
     pub fn select_rows(&mut self, index: &[u32]) {
+        // Each kept path moves at its last use and is copied only for the uses before
+        // (a beam that forked).
+        let mut uses = vec![0u32; self.paths.len()];
+        for &i in index {
+            uses[i as usize] += 1;
+        }
+        let dropped = uses.contains(&0);
+        let mut old: Vec<Vec<u32>> = std::mem::take(&mut self.paths);
         self.paths = index
             .iter()
-            .map(|&i| self.paths[i as usize].clone())
+            .map(|&i| {
+                let i = i as usize;
+                uses[i] -= 1;
+                if uses[i] == 0 {
+                    std::mem::take(&mut old[i])
+                } else {
+                    old[i].clone()
+                }
+            })
             .collect();
+        if !dropped {
+            // Every path survives: no cell can have lost its last reference.
+            return;
+        }
         let mut used = vec![false; self.cells];
         for &cell in self.paths.iter().flatten() {
             used[cell as usize] = true;

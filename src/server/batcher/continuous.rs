@@ -36,7 +36,7 @@
 //! every step, and joiners are encoded whatever runs. Measured on a 2-core Xeon
 //! (docs/PERFORMANCE.md), pausing at 16 rows cost more than it gained, so it is opt-in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,8 +97,8 @@ impl Budget {
     pub fn check(self, limits: &Batching) -> Result<(), String> {
         if self.rows > limits.max_batch_rows {
             return Err(format!(
-                "num_beams {} needs {} decoder rows; batching.max_batch_rows is {}",
-                self.rows, self.rows, limits.max_batch_rows
+                "num_beams {} needs as many decoder rows; batching.max_batch_rows is {}",
+                self.rows, limits.max_batch_rows
             ));
         }
         if self.kv_tokens > limits.max_batch_kv_tokens {
@@ -359,11 +359,6 @@ impl Worker {
         let mut joiners = Vec::with_capacity(arrived.len());
         for mut seq in arrived {
             let cost = Budget::of(seq.ids.len(), &seq.cfg);
-            if let Some(reason) = seq.ticket.dead(now) {
-                *freed = freed.plus(cost);
-                self.cancelled(seq, reason);
-                continue;
-            }
             let key = *next_key;
             *next_key += 1;
             let waited = now.duration_since(seq.enqueued);
@@ -428,7 +423,7 @@ impl Worker {
         }
     }
 
-    /// One decode step; answers every sequence that finished or was cancelled in it.
+    /// One decode step; answers every sequence that finished in it.
     fn step<'w>(
         &'w self,
         batch: &mut RunningBatch<'w, u64>,
@@ -450,41 +445,10 @@ impl Worker {
                 );
             }
         }
-        let bypass = Duration::from_millis(limits.max_bypass_ms);
-        let plan: Vec<(usize, usize, bool)> = batch
-            .entries()
-            .map(|e| {
-                let aged = live
-                    .get(e.key)
-                    .is_some_and(|l| started.saturating_duration_since(l.last_step) >= bypass);
-                (e.rows, e.remaining_work, aged)
-            })
-            .collect();
-        let run = if limits.min_step_rows == 0 {
-            vec![true; plan.len()]
-        } else {
-            step_plan(&plan, limits.min_step_rows)
-        };
-        let keys: Vec<u64> = batch.keys().copied().collect();
-        let stepping: std::collections::HashSet<u64> = keys
-            .iter()
-            .zip(&run)
-            .filter(|(_, &r)| r)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in &stepping {
-            if let Some(l) = live.get_mut(k) {
-                l.last_step = started;
-            }
-        }
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            batch.step_some(
-                |k| stepping.contains(k),
-                |k| {
-                    live.get(k)
-                        .is_some_and(|l| l.ticket.dead(started).is_some())
-                },
-            )
+        let stepping = self.plan_step(batch, live, limits, started);
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &stepping {
+            None => batch.step(),
+            Some(stepping) => batch.step_some(|k| stepping.contains(k)),
         }));
         self.m.decode_step.observe(started.elapsed().as_secs_f64());
         let out = match result {
@@ -503,9 +467,43 @@ impl Worker {
                 self.finish(l, hypotheses, now, freed);
             }
         }
-        for key in out.cancelled {
-            self.leave_cancelled(live, key, now, freed);
+    }
+
+    /// With step scheduling on (`min_step_rows` > 0), the inputs the next step advances
+    /// ([`step_plan`]); `None`: all of them.
+    fn plan_step(
+        &self,
+        batch: &RunningBatch<u64>,
+        live: &mut HashMap<u64, Live>,
+        limits: &Batching,
+        now: Instant,
+    ) -> Option<HashSet<u64>> {
+        if limits.min_step_rows == 0 {
+            return None;
         }
+        let bypass = Duration::from_millis(limits.max_bypass_ms);
+        let plan: Vec<(usize, usize, bool)> = batch
+            .entries()
+            .map(|e| {
+                let aged = live
+                    .get(e.key)
+                    .is_some_and(|l| now.saturating_duration_since(l.last_step) >= bypass);
+                (e.rows, e.remaining_work, aged)
+            })
+            .collect();
+        let run = step_plan(&plan, limits.min_step_rows);
+        let stepping: HashSet<u64> = batch
+            .keys()
+            .zip(&run)
+            .filter(|(_, &r)| r)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &stepping {
+            if let Some(l) = live.get_mut(k) {
+                l.last_step = now;
+            }
+        }
+        Some(stepping)
     }
 
     fn finish(&self, l: Live, hypotheses: Vec<Hypothesis>, now: Instant, freed: &mut Budget) {
