@@ -1,14 +1,16 @@
 //! `y = x Wᵀ + b` at bert-base shapes: candle's GEMM (the baseline, as `x.matmul(Wᵀ)`)
 //! against the packed-panel kernel the engine uses on the CPU, and that kernel with each
-//! kernel set this CPU supports (portable / AVX2 / AVX-512), with the AVX-512 : AVX2 ratio.
+//! kernel set this CPU supports (portable / AVX2 / AVX-512), with the AVX-512 : AVX2 ratio;
+//! then each weight format (f32 / bf16 / int8) streaming a decoder's worth of weights
+//! from memory, as a decode step does, with the ratio to f32.
 //!
-//! cargo bench --bench linear [-- ROWS...]
+//! cargo bench --bench linear [-- ROWS...] [--formats-only]
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use encdec::model::bench::{cross_attention, pack_keys, small_attention, Kernels, PackedWeight};
-use encdec::model::KernelSet;
+use encdec::model::{KernelSet, WeightFormat};
 
 fn median_seconds(mut f: impl FnMut()) -> f64 {
     f();
@@ -23,6 +25,62 @@ fn median_seconds(mut f: impl FnMut()) -> f64 {
     times[3]
 }
 
+/// One pass over 36 matrices of 3072 × 768 (85 M weights: 340 MB in f32, more than any
+/// cache), as a decode step passes over its layers, per weight format.
+fn formats(rows: &[usize], dev: &Device) -> candle_core::Result<()> {
+    let (n, k, count) = (3072, 768, 36);
+    let weights: Vec<Vec<f32>> = (0..count)
+        .map(|_| {
+            Tensor::randn(0f32, 1., (n, k), dev)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        })
+        .collect::<candle_core::Result<_>>()?;
+    println!("weight formats: {count} matrices {n} x {k} in turn; ms per pass, GB/s of weights, GFLOP/s, time / f32");
+    let packed: Vec<(WeightFormat, Vec<PackedWeight>)> =
+        [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8]
+            .into_iter()
+            .map(|f| {
+                (
+                    f,
+                    weights
+                        .iter()
+                        .map(|w| PackedWeight::pack_as(w, n, k, f))
+                        .collect(),
+                )
+            })
+            .collect();
+    for &m in rows {
+        let x = Tensor::randn(0f32, 1., (m, k), dev)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut out = vec![0f32; m * n];
+        let mut f32_time = 0.0;
+        for (format, ws) in &packed {
+            let s = median_seconds(|| {
+                for w in ws {
+                    w.matmul(&x, None, None, &mut out);
+                }
+            });
+            if *format == WeightFormat::F32 {
+                f32_time = s;
+            }
+            let bytes = (count * n * k * format.bytes()) as f64;
+            let flops = 2.0 * (count * m * n * k) as f64;
+            println!(
+                "rows {m:<5} {:<5} {:9.2} ms {:7.1} GB/s {:7.1} GFLOP/s  {:.2}",
+                format.name(),
+                s * 1e3,
+                bytes / s / 1e9,
+                flops / s / 1e9,
+                s / f32_time
+            );
+        }
+    }
+    println!();
+    Ok(())
+}
+
 fn main() -> candle_core::Result<()> {
     let rows: Vec<usize> = std::env::args()
         .skip(1)
@@ -34,6 +92,10 @@ fn main() -> candle_core::Result<()> {
         rows
     };
     let dev = Device::Cpu;
+    formats(&rows, &dev)?;
+    if std::env::args().any(|a| a == "--formats-only") {
+        return Ok(());
+    }
     println!("rows   n      k      candle ms  packed ms  (ratio)  packed GFLOP/s");
     for (n, k) in [(768, 768), (3072, 768), (768, 3072), (30522, 768)] {
         let w = Tensor::randn(0f32, 1., (n, k), &dev)?;

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use crate::checkpoint::config::EncoderDecoderConfig;
+use crate::checkpoint::dtype::RunDtype;
 use crate::generation::{self, GenerationConfig, Hypothesis, NoObserver, Outcome, StepObserver};
 use crate::model::EncoderDecoderModel;
 use crate::tokenizer::{InputError, TokenizerSettings, Tokenizers};
@@ -15,7 +16,8 @@ use crate::tokenizer::{InputError, TokenizerSettings, Tokenizers};
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub device: Device,
-    pub dtype: DType,
+    /// Weight storage and arithmetic ([`RunDtype`]).
+    pub dtype: RunDtype,
     /// Decoder tokenizer directory (BERT2GPT2); default `decoder_tokenizer/` if present.
     pub decoder_tokenizer: Option<PathBuf>,
     /// transformers' tokenizer keyword arguments (`add_special_tokens`, token overrides).
@@ -26,7 +28,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             device: Device::Cpu,
-            dtype: DType::F32,
+            dtype: RunDtype::F32,
             decoder_tokenizer: None,
             tokenizer: TokenizerSettings::default(),
         }

@@ -78,8 +78,21 @@ impl SafetensorsFiles {
             .entries
             .get(name)
             .with_context(|| format!("tensor `{name}` vanished"))?;
-        let mut bytes = vec![0u8; (e.end - e.start) as usize];
-        self.files[e.file].read_exact_at(&mut bytes, e.start)?;
+        let file = &self.files[e.file];
+        let len = (e.end - e.start) as usize;
+        // f32, the common case, is read straight into the tensor's own buffer: going
+        // through a byte buffer copied the weights once more (a tenth of load time).
+        if e.dtype == DType::F32 && cfg!(target_endian = "little") && len % 4 == 0 {
+            let mut values = vec![0f32; len / 4];
+            // SAFETY: any bytes are a valid f32, and the byte view covers exactly the
+            // vector's initialised elements.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len) };
+            file.read_exact_at(bytes, e.start)?;
+            return Ok(Tensor::from_vec(values, e.shape.clone(), &Device::Cpu)?);
+        }
+        let mut bytes = vec![0u8; len];
+        file.read_exact_at(&mut bytes, e.start)?;
         Ok(Tensor::from_raw_buffer(
             &bytes,
             e.dtype,

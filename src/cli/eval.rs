@@ -74,7 +74,7 @@ pub struct Args {
     /// Decoder tokenizer directory (default: `<model>/decoder_tokenizer` if present).
     #[arg(long)]
     pub decoder_tokenizer: Option<PathBuf>,
-    /// Weights dtype: f32, f16 or bf16.
+    /// Weights dtype: f32, f16, bf16 or int8 (on the CPU, bf16 and int8 store the linear layers' weights in that format and compute in f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).

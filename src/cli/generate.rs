@@ -25,7 +25,7 @@ pub struct Args {
     /// Inputs generated together in one batch.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub batch_size: u64,
-    /// Weights dtype: f32, f16 or bf16.
+    /// Weights dtype: f32, f16, bf16 or int8 (on the CPU, bf16 and int8 store the linear layers' weights in that format and compute in f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
@@ -67,6 +67,7 @@ pub fn run(args: Args) -> Result<()> {
             "{}",
             json!({
                 "load_seconds": load_started.elapsed().as_secs_f64(),
+                "dtype": opts.dtype.name(),
                 "cpu_kernels": crate::model::kernel_choice(),
             })
         );

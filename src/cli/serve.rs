@@ -63,7 +63,7 @@ pub struct Args {
     /// Device for --model: cpu, cuda or cuda:N.
     #[arg(long, env = "DEVICE")]
     pub device: Option<String>,
-    /// Weights dtype for --model: f32, f16 or bf16.
+    /// Weights dtype for --model: f32, f16, bf16 or int8.
     #[arg(long, env = "DTYPE")]
     pub dtype: Option<String>,
     /// Worker threads for --model.

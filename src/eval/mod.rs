@@ -9,6 +9,7 @@
 //! `tests/eval_metrics.rs` checks every metric against scores produced by
 //! `tests/fixtures/eval/make_reference.py`.
 
+pub mod agreement;
 pub mod bleu;
 mod bootstrap;
 pub mod data;

@@ -10,6 +10,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::attention::{attention, merge_heads, project_heads};
 use super::cross_kv::{CrossBatch, CrossKv};
+use super::kernels::packed::WeightFormat;
 use super::kv_cache::{History, KvCache};
 use super::linear::{layer_norm, linear, Linear};
 use crate::checkpoint::config::{Activation, Family, StackConfig};
@@ -72,13 +73,13 @@ struct AttentionBlock {
 }
 
 impl AttentionBlock {
-    fn load(cfg: &StackConfig, kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &StackConfig, kv_dim: usize, vb: VarBuilder, fmt: WeightFormat) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            query: linear(d, d, vb.pp("self.query"))?,
-            key: linear(kv_dim, d, vb.pp("self.key"))?,
-            value: linear(kv_dim, d, vb.pp("self.value"))?,
-            out: linear(d, d, vb.pp("output.dense"))?,
+            query: linear(d, d, vb.pp("self.query"), fmt)?,
+            key: linear(kv_dim, d, vb.pp("self.key"), fmt)?,
+            value: linear(kv_dim, d, vb.pp("self.value"), fmt)?,
+            out: linear(d, d, vb.pp("output.dense"), fmt)?,
             norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             heads: cfg.num_heads,
             scale: 1.0 / (cfg.head_dim() as f64).sqrt(),
@@ -133,11 +134,11 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &StackConfig, vb: VarBuilder, fmt: WeightFormat) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            intermediate: linear(d, i, vb.pp("intermediate.dense"))?,
-            output: linear(i, d, vb.pp("output.dense"))?,
+            intermediate: linear(d, i, vb.pp("intermediate.dense"), fmt)?,
+            output: linear(i, d, vb.pp("output.dense"), fmt)?,
             norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             act: cfg.activation,
         })
@@ -156,10 +157,10 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &StackConfig, vb: VarBuilder, fmt: WeightFormat) -> Result<Self> {
         Ok(Self {
-            attention: AttentionBlock::load(cfg, cfg.hidden_size, vb.pp("attention"))?,
-            ffn: FeedForward::load(cfg, vb)?,
+            attention: AttentionBlock::load(cfg, cfg.hidden_size, vb.pp("attention"), fmt)?,
+            ffn: FeedForward::load(cfg, vb, fmt)?,
         })
     }
 
@@ -178,11 +179,16 @@ struct DecoderLayer {
 
 impl DecoderLayer {
     /// `cross_kv_dim`: the width of the encoder states the cross-attention reads.
-    fn load(cfg: &StackConfig, cross_kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        cfg: &StackConfig,
+        cross_kv_dim: usize,
+        vb: VarBuilder,
+        fmt: WeightFormat,
+    ) -> Result<Self> {
         Ok(Self {
-            attention: AttentionBlock::load(cfg, cfg.hidden_size, vb.pp("attention"))?,
-            cross: AttentionBlock::load(cfg, cross_kv_dim, vb.pp("crossattention"))?,
-            ffn: FeedForward::load(cfg, vb)?,
+            attention: AttentionBlock::load(cfg, cfg.hidden_size, vb.pp("attention"), fmt)?,
+            cross: AttentionBlock::load(cfg, cross_kv_dim, vb.pp("crossattention"), fmt)?,
+            ffn: FeedForward::load(cfg, vb, fmt)?,
         })
     }
 
@@ -230,10 +236,10 @@ pub struct BertEncoder {
 
 impl BertEncoder {
     /// `vb` points at the encoder's base model (`encoder.`).
-    pub fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: &StackConfig, vb: VarBuilder, fmt: WeightFormat) -> Result<Self> {
         let embeddings = Embeddings::load(cfg, vb.pp("embeddings"))?;
         let layers = (0..cfg.num_layers)
-            .map(|i| EncoderLayer::load(cfg, vb.pp(format!("encoder.layer.{i}"))))
+            .map(|i| EncoderLayer::load(cfg, vb.pp(format!("encoder.layer.{i}")), fmt))
             .collect::<Result<_>>()?;
         Ok(Self { embeddings, layers })
     }
@@ -255,7 +261,12 @@ struct LmHead {
 }
 
 impl LmHead {
-    fn load(cfg: &StackConfig, word_embeddings: &Tensor, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        cfg: &StackConfig,
+        word_embeddings: &Tensor,
+        vb: VarBuilder,
+        fmt: WeightFormat,
+    ) -> Result<Self> {
         let (d, vocab) = (cfg.hidden_size, cfg.vocab_size);
         // The output projection is tied to the word embeddings unless the file has its own.
         let tied_or_own = |vb: &VarBuilder| -> Result<Tensor> {
@@ -279,11 +290,11 @@ impl LmHead {
                 let t = vb.pp("transform");
                 Ok(Self {
                     transform: Some((
-                        linear(d, d, t.pp("dense"))?,
+                        linear(d, d, t.pp("dense"), fmt)?,
                         cfg.activation,
                         layer_norm(d, cfg.layer_norm_eps, t.pp("LayerNorm"))?,
                     )),
-                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?))?,
+                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?), fmt)?,
                 })
             }
             Family::Roberta => {
@@ -291,18 +302,18 @@ impl LmHead {
                 Ok(Self {
                     // RobertaLMHead always uses exact GELU, whatever `hidden_act` says.
                     transform: Some((
-                        linear(d, d, vb.pp("dense"))?,
+                        linear(d, d, vb.pp("dense"), fmt)?,
                         Activation::Gelu,
                         layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm"))?,
                     )),
-                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?))?,
+                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?), fmt)?,
                 })
             }
             Family::BertGeneration => {
                 let vb = vb.pp("lm_head");
                 Ok(Self {
                     transform: None,
-                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?))?,
+                    projection: Linear::new(tied_or_own(&vb)?, Some(bias(&vb)?), fmt)?,
                 })
             }
             Family::Gpt2 => unreachable!("GPT-2 has its own decoder"),
@@ -330,15 +341,20 @@ pub struct BertDecoder {
 impl BertDecoder {
     /// `vb` points at the decoder (`decoder.`); `cross_dim` is the width of the encoder
     /// states it attends to (after `enc_to_dec_proj`, i.e. its own width).
-    pub fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: &StackConfig, vb: VarBuilder, fmt: WeightFormat) -> Result<Self> {
         let base = vb.pp(cfg.family.decoder_base());
         let embeddings = Embeddings::load(cfg, base.pp("embeddings"))?;
         let layers = (0..cfg.num_layers)
             .map(|i| {
-                DecoderLayer::load(cfg, cfg.hidden_size, base.pp(format!("encoder.layer.{i}")))
+                DecoderLayer::load(
+                    cfg,
+                    cfg.hidden_size,
+                    base.pp(format!("encoder.layer.{i}")),
+                    fmt,
+                )
             })
             .collect::<Result<_>>()?;
-        let head = LmHead::load(cfg, embeddings.word_embeddings(), vb)?;
+        let head = LmHead::load(cfg, embeddings.word_embeddings(), vb, fmt)?;
         Ok(Self {
             cfg: cfg.clone(),
             embeddings,

@@ -9,6 +9,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::attention::{chunk_last, merge_heads, split_heads};
 use super::cross_kv::{CrossBatch, CrossKv};
+use super::kernels::packed::WeightFormat;
 use super::kv_cache::{History, KvCache};
 use super::linear::{conv1d, layer_norm, Linear};
 use crate::checkpoint::config::{Activation, StackConfig};
@@ -30,7 +31,12 @@ struct Gpt2Block {
 }
 
 impl Gpt2Block {
-    fn load(cfg: &StackConfig, layer_idx: usize, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        cfg: &StackConfig,
+        layer_idx: usize,
+        vb: VarBuilder,
+        fmt: WeightFormat,
+    ) -> Result<Self> {
         let (d, inner, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         let mut scale = 1.0;
         if cfg.scale_attn_weights {
@@ -41,15 +47,15 @@ impl Gpt2Block {
         }
         Ok(Self {
             ln_1: layer_norm(d, eps, vb.pp("ln_1"))?,
-            c_attn: conv1d(d, 3 * d, vb.pp("attn.c_attn"))?,
-            attn_proj: conv1d(d, d, vb.pp("attn.c_proj"))?,
+            c_attn: conv1d(d, 3 * d, vb.pp("attn.c_attn"), fmt)?,
+            attn_proj: conv1d(d, d, vb.pp("attn.c_proj"), fmt)?,
             ln_cross: layer_norm(d, eps, vb.pp("ln_cross_attn"))?,
-            q_attn: conv1d(d, d, vb.pp("crossattention.q_attn"))?,
-            cross_kv_attn: conv1d(d, 2 * d, vb.pp("crossattention.c_attn"))?,
-            cross_proj: conv1d(d, d, vb.pp("crossattention.c_proj"))?,
+            q_attn: conv1d(d, d, vb.pp("crossattention.q_attn"), fmt)?,
+            cross_kv_attn: conv1d(d, 2 * d, vb.pp("crossattention.c_attn"), fmt)?,
+            cross_proj: conv1d(d, d, vb.pp("crossattention.c_proj"), fmt)?,
             ln_2: layer_norm(d, eps, vb.pp("ln_2"))?,
-            c_fc: conv1d(d, inner, vb.pp("mlp.c_fc"))?,
-            mlp_proj: conv1d(inner, d, vb.pp("mlp.c_proj"))?,
+            c_fc: conv1d(d, inner, vb.pp("mlp.c_fc"), fmt)?,
+            mlp_proj: conv1d(inner, d, vb.pp("mlp.c_proj"), fmt)?,
             act: cfg.activation,
             heads: cfg.num_heads,
             scale,
@@ -102,13 +108,13 @@ pub struct Gpt2Decoder {
 
 impl Gpt2Decoder {
     /// `vb` points at the decoder (`decoder.`).
-    pub fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: &StackConfig, vb: VarBuilder, fmt: WeightFormat) -> Result<Self> {
         let t = vb.pp("transformer");
         let d = cfg.hidden_size;
         let wte = candle_nn::embedding(cfg.vocab_size, d, t.pp("wte"))?;
         let wpe = candle_nn::embedding(cfg.max_positions, d, t.pp("wpe"))?;
         let blocks = (0..cfg.num_layers)
-            .map(|i| Gpt2Block::load(cfg, i, t.pp(format!("h.{i}"))))
+            .map(|i| Gpt2Block::load(cfg, i, t.pp(format!("h.{i}")), fmt))
             .collect::<Result<_>>()?;
         let ln_f = layer_norm(d, cfg.layer_norm_eps, t.pp("ln_f"))?;
         let lm_head = Linear::new(
@@ -118,6 +124,7 @@ impl Gpt2Decoder {
                 wte.embeddings().clone()
             },
             None,
+            fmt,
         )?;
         Ok(Self {
             cfg: cfg.clone(),

@@ -8,7 +8,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 
 use super::kernels::activation::slice_activation;
 use super::kernels::cpu::with_slice;
-use super::kernels::packed::PackedWeight;
+use super::kernels::packed::{PackedWeight, WeightFormat};
 use crate::checkpoint::config::Activation;
 
 /// `act(x)` with candle's tensor ops (the paths that do not fuse it into the matmul).
@@ -22,8 +22,9 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 }
 
 /// `y = x Wᵀ + b` with W stored `[out, in]` as transformers stores `nn.Linear`.
-/// On the CPU in f32 the weight is packed into panels once, at load time
-/// (`kernels/packed.rs`); other devices and dtypes use candle's matmul.
+/// On the CPU with f32 activations the weight is packed into panels once, at load time,
+/// in the run's [`WeightFormat`] (`kernels/packed.rs`); other devices and dtypes use
+/// candle's matmul.
 #[derive(Debug, Clone)]
 pub enum Linear {
     Packed {
@@ -37,7 +38,9 @@ pub enum Linear {
 }
 
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+    /// `format` is how a packed weight is stored; it is ignored where weights stay
+    /// dense tensors (their dtype is the run's).
+    pub fn new(weight: Tensor, bias: Option<Tensor>, format: WeightFormat) -> Result<Self> {
         let packable = weight.device().is_cpu()
             && weight.dtype() == DType::F32
             && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
@@ -46,7 +49,7 @@ impl Linear {
         }
         let (n, k) = weight.dims2()?;
         let w = weight.contiguous()?;
-        let packed = with_slice(&w, |w| Ok(PackedWeight::pack(w, n, k)))?;
+        let packed = with_slice(&w, |w| Ok(PackedWeight::pack_as(w, n, k, format)))?;
         Ok(Self::Packed {
             weight: Arc::new(packed),
             bias: match &bias {
@@ -108,18 +111,28 @@ impl Module for Linear {
 }
 
 /// An `nn.Linear` with bias, `[out, in]`.
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+pub fn linear(
+    in_dim: usize,
+    out_dim: usize,
+    vb: VarBuilder,
+    format: WeightFormat,
+) -> Result<Linear> {
     let w = vb.get((out_dim, in_dim), "weight")?;
     let b = vb.get(out_dim, "bias")?;
-    Linear::new(w, Some(b))
+    Linear::new(w, Some(b), format)
 }
 
 /// GPT-2's `Conv1D` stores its weight as `[in, out]`; transposing once at load time turns
 /// it into an ordinary `Linear` (y = x Wᵀ + b with W `[out, in]`).
-pub fn conv1d(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+pub fn conv1d(
+    in_dim: usize,
+    out_dim: usize,
+    vb: VarBuilder,
+    format: WeightFormat,
+) -> Result<Linear> {
     let w = vb.get((in_dim, out_dim), "weight")?.t()?.contiguous()?;
     let b = vb.get(out_dim, "bias")?;
-    Linear::new(w, Some(b))
+    Linear::new(w, Some(b), format)
 }
 
 pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {

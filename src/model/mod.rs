@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod linear;
 
 pub use kernels::dispatch::{kernel_choice, CpuFeatures, KernelChoice, KernelSet, KERNELS_ENV};
+pub use kernels::packed::WeightFormat;
 
 /// The kernels the benchmarks time directly (not a stable API).
 #[doc(hidden)]
@@ -35,6 +36,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::checkpoint::config::{EncoderDecoderConfig, Family};
+use crate::checkpoint::dtype::RunDtype;
 use crate::checkpoint::weights::WeightStore;
 use bert::{position_ids, BertDecoder, BertEncoder};
 use cross_kv::CrossKv;
@@ -42,6 +44,20 @@ pub use cross_kv::{CrossBatch, EncodedInput};
 use gpt2::Gpt2Decoder;
 use kv_cache::{History, KvCache};
 use linear::Linear;
+
+/// Runs `f` on a thread of the kernels' pool (rayon's global pool), the caller waiting.
+///
+/// A decode step makes about a hundred parallel kernel calls. Made from a thread outside
+/// the pool, each one hands its tasks over and sleeps until they are done: two futex
+/// wake-ups per call, which profiles showed at a sixth of a step's time on 2 cores.
+/// From a pool thread, a call pushes its tasks on the local queue, works on them
+/// itself, and the other threads steal.
+fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
+}
 
 enum Decoder {
     Bert(BertDecoder),
@@ -127,8 +143,10 @@ impl EncoderDecoderModel {
         dir: &Path,
         config: EncoderDecoderConfig,
         device: &Device,
-        dtype: DType,
+        run_dtype: RunDtype,
     ) -> Result<Self> {
+        let dtype = run_dtype.activations(device)?;
+        let fmt = run_dtype.weight_format();
         // Decide (and log) the CPU kernels before the first weight is packed.
         let _ = kernel_choice();
         let tied_base = config
@@ -137,20 +155,22 @@ impl EncoderDecoderModel {
         let store = WeightStore::open(dir, tied_base)?;
         let vb = VarBuilder::from_backend(Box::new(store), dtype, device.clone());
 
-        let encoder =
-            BertEncoder::load(&config.encoder, vb.pp("encoder")).context("loading the encoder")?;
+        let encoder = BertEncoder::load(&config.encoder, vb.pp("encoder"), fmt)
+            .context("loading the encoder")?;
         let (enc_d, dec_d) = (config.encoder.hidden_size, config.decoder.hidden_size);
         let enc_to_dec_proj = if enc_d != dec_d {
             Some(
-                linear::linear(enc_d, dec_d, vb.pp("enc_to_dec_proj"))
+                linear::linear(enc_d, dec_d, vb.pp("enc_to_dec_proj"), fmt)
                     .context("loading enc_to_dec_proj")?,
             )
         } else {
             None
         };
         let decoder = match config.decoder.family {
-            Family::Gpt2 => Decoder::Gpt2(Gpt2Decoder::load(&config.decoder, vb.pp("decoder"))?),
-            _ => Decoder::Bert(BertDecoder::load(&config.decoder, vb.pp("decoder"))?),
+            Family::Gpt2 => {
+                Decoder::Gpt2(Gpt2Decoder::load(&config.decoder, vb.pp("decoder"), fmt)?)
+            }
+            _ => Decoder::Bert(BertDecoder::load(&config.decoder, vb.pp("decoder"), fmt)?),
         };
         Ok(Self {
             config,
@@ -197,10 +217,13 @@ impl EncoderDecoderModel {
         let pos = Tensor::from_vec(pos, (b, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, 1, 1, len), &self.device)?.to_dtype(self.dtype)?;
 
-        let mut enc = self.encoder.forward(&ids, &pos, &mask)?;
-        if let Some(proj) = &self.enc_to_dec_proj {
-            enc = proj.forward(&enc)?;
-        }
+        let enc = on_worker(|| {
+            let enc = self.encoder.forward(&ids, &pos, &mask)?;
+            match &self.enc_to_dec_proj {
+                Some(proj) => proj.forward(&enc),
+                None => Ok(enc),
+            }
+        })?;
         let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
         // [layer][input] → [input][layer]
         let mut per_layer: Vec<std::vec::IntoIter<CrossKv>> = self
@@ -270,7 +293,7 @@ impl EncoderDecoderModel {
             .collect();
         let tokens = Tensor::from_slice(tokens, (n, 1), &self.device)?;
         let positions = Tensor::from_vec(positions, (n, 1), &self.device)?;
-        let logits = self.decoder.step(&tokens, &positions, state, cross)?;
+        let logits = on_worker(|| self.decoder.step(&tokens, &positions, state, cross))?;
         Ok(logits.to_dtype(DType::F32)?)
     }
 

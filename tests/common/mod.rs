@@ -209,6 +209,33 @@ pub fn check_against_fixtures(model: &str, dir: &Path, only: Option<&[&str]>) {
     assert!(checked > 0);
 }
 
+/// Every sequence `engine` generates for the fixture inputs of `model`, all parameter
+/// sets in turn (batched as recorded), with its `model/set/id[r]` label.
+pub fn fixture_sequences(engine: &Engine, model: &str) -> Vec<(String, Vec<u32>)> {
+    let mut out = Vec::new();
+    for set in param_sets(model) {
+        let cfg = engine.defaults().with_overrides(&set.overrides()).unwrap();
+        for chunk in set.lines.chunks(set.batch_size) {
+            let lines: Vec<&Value> = chunk.iter().filter(|l| l.get("error").is_none()).collect();
+            let batch: Vec<Vec<u32>> = lines
+                .iter()
+                .map(|l| engine.encode(l["input"].as_str().unwrap(), None).unwrap())
+                .collect();
+            let outcomes = engine.generate_ids(&batch, &cfg, &NoObserver).unwrap();
+            for (outcome, line) in outcomes.into_iter().zip(lines) {
+                let Outcome::Finished(hyps) = outcome else {
+                    panic!("{model}: cancelled")
+                };
+                for (r, hyp) in hyps.into_iter().enumerate() {
+                    let id = format!("{model}/{}/{}[{r}]", set.name, line["id"].as_str().unwrap());
+                    out.push((id, hyp.ids));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Runs the `encdec` binary with `args`, feeding it `stdin`.
 pub fn run_encdec(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_encdec"))

@@ -13,6 +13,12 @@
 //! With AVX-512 a panel is one zmm vector, and the kernel keeps 12 rows × two panels in
 //! 24 of the 32 registers (24 FMAs per 14 loads); every output is the same FMA chain
 //! over k in both, so the two sets give bit-identical results.
+//!
+//! Weights may be stored as f32, bf16 or int8 ([`WeightFormat`]); the arithmetic is f32
+//! FMA in every format. bf16 and int8 values are widened in registers as they are
+//! loaded, so they halve or quarter the bytes a decode step reads (its bound at a few
+//! rows) and the activations are never rounded. int8 keeps one scale per output, applied
+//! to the finished sum.
 
 use rayon::prelude::*;
 
@@ -28,32 +34,95 @@ const MR: usize = 6;
 const TASK_WEIGHT_BYTES: usize = 192 * 1024;
 /// Rows one task takes, so that the encoder's thousands of rows split across cores too.
 const TASK_ROWS: usize = 96;
+/// Tasks per thread a matmul is split into at least (when it has that many panels).
+const TASKS_PER_THREAD: usize = 4;
+
+/// How a packed weight stores its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightFormat {
+    #[default]
+    F32,
+    /// bf16, rounded to nearest even (as torch's `.to(torch.bfloat16)`).
+    Bf16,
+    /// Symmetric int8 with one f32 scale per output: `w[j, i] ≈ scale[j] · q[j, i]`,
+    /// `scale[j] = max_i |w[j, i]| / 127` (CTranslate2's int8 weights).
+    Int8,
+}
+
+impl WeightFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Int8 => "int8",
+        }
+    }
+
+    /// Bytes per stored weight.
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::Bf16 => 2,
+            WeightFormat::Int8 => 1,
+        }
+    }
+}
+
+/// The panels' values in one of the formats (same layout in each).
+#[derive(Debug, Clone)]
+enum Panels {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+    /// `scales` has one entry per output, padded with zeros to whole panels, so a
+    /// kernel can load a panel's 16 scales at once.
+    Int8 {
+        values: Vec<i8>,
+        scales: Vec<f32>,
+    },
+}
 
 /// A weight matrix `[n, k]` in panel layout.
 #[derive(Debug, Clone)]
 pub struct PackedWeight {
     n: usize,
     k: usize,
-    panels: Vec<f32>,
+    panels: Panels,
 }
 
 impl PackedWeight {
     /// Packs a row-major `[n, k]` matrix (`w[j * k + i]` = weight of input i for output j).
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        Self::pack_as(w, n, k, WeightFormat::F32)
+    }
+
+    /// [`Self::pack`], storing the values in `format`.
+    pub fn pack_as(w: &[f32], n: usize, k: usize, format: WeightFormat) -> Self {
         assert_eq!(w.len(), n * k);
-        let num_panels = n.div_ceil(PANEL);
-        let mut panels = vec![0f32; num_panels * k * PANEL];
-        panels
-            .par_chunks_mut(k * PANEL)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                for c in 0..PANEL.min(n - p * PANEL) {
-                    let row = &w[(p * PANEL + c) * k..][..k];
-                    for (i, &v) in row.iter().enumerate() {
-                        panel[i * PANEL + c] = v;
-                    }
-                }
-            });
+        let panels = match format {
+            WeightFormat::F32 => Panels::F32(pack_panels(w, n, k, |_, v| v)),
+            WeightFormat::Bf16 => Panels::Bf16(pack_panels(w, n, k, |_, v| {
+                half::bf16::from_f32(v).to_bits()
+            })),
+            WeightFormat::Int8 => {
+                let mut scales: Vec<f32> = w
+                    .par_chunks(k)
+                    .map(|row| row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0)
+                    .collect();
+                let inverse: Vec<f32> = scales
+                    .iter()
+                    .map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 })
+                    .collect();
+                // Round half away from zero by truncating v/s ± 0.5: `f32::round` is a
+                // libm call on baseline x86-64 and was a third of the packing time.
+                let values = pack_panels(w, n, k, |j, v| {
+                    let q = v * inverse[j];
+                    (q + 0.5f32.copysign(q)).clamp(-127.0, 127.0) as i8
+                });
+                scales.resize(n.div_ceil(PANEL) * PANEL, 0.0);
+                Panels::Int8 { values, scales }
+            }
+        };
         Self { n, k, panels }
     }
 
@@ -61,12 +130,32 @@ impl PackedWeight {
         self.n
     }
 
-    /// Row `j` of the original matrix (the embedding of token j when W is a tied
-    /// word-embedding table).
+    pub fn format(&self) -> WeightFormat {
+        match self.panels {
+            Panels::F32(_) => WeightFormat::F32,
+            Panels::Bf16(_) => WeightFormat::Bf16,
+            Panels::Int8 { .. } => WeightFormat::Int8,
+        }
+    }
+
+    /// Row `j` of the matrix as stored (dequantised: what the kernels multiply by).
     pub fn row(&self, j: usize, out: &mut [f32]) {
-        let panel = &self.panels[(j / PANEL) * self.k * PANEL..][..self.k * PANEL];
+        let at = |i: usize| (j / PANEL) * self.k * PANEL + i * PANEL + j % PANEL;
         for (i, o) in out.iter_mut().enumerate().take(self.k) {
-            *o = panel[i * PANEL + j % PANEL];
+            *o = match &self.panels {
+                Panels::F32(v) => v[at(i)],
+                Panels::Bf16(v) => half::bf16::from_bits(v[at(i)]).to_f32(),
+                Panels::Int8 { values, scales } => values[at(i)] as f32 * scales[j],
+            };
+        }
+    }
+
+    /// The stored values' start, and the per-output scales (int8 only).
+    fn raw(&self) -> (*const u8, Option<&[f32]>) {
+        match &self.panels {
+            Panels::F32(v) => (v.as_ptr().cast(), None),
+            Panels::Bf16(v) => (v.as_ptr().cast(), None),
+            Panels::Int8 { values, scales } => (values.as_ptr().cast(), Some(scales)),
         }
     }
 
@@ -137,14 +226,22 @@ impl PackedWeight {
             assert_eq!(b.len(), n);
         }
         let num_panels = n.div_ceil(PANEL);
-        let mut panels_per_task = (TASK_WEIGHT_BYTES / (k * PANEL * 4)).clamp(1, num_panels);
+        let panel_bytes = k * PANEL * self.format().bytes();
+        let row_tasks = m.div_ceil(TASK_ROWS);
+        // Enough tasks for every thread to take several: a 768-wide int8 layer fits in
+        // three cache-sized tasks, and three tasks on two threads leave one idle half
+        // the time.
+        let col_tasks_wanted =
+            (TASKS_PER_THREAD * rayon::current_num_threads()).div_ceil(row_tasks);
+        let mut panels_per_task = (TASK_WEIGHT_BYTES / panel_bytes)
+            .min(num_panels.div_ceil(col_tasks_wanted))
+            .clamp(1, num_panels);
         if kernels.has_avx512() {
             // The AVX-512 kernel takes panels in pairs; an odd count per task would
             // leave every task a single-panel tail (k = 3072 gives one panel a task).
             panels_per_task = panels_per_task.next_multiple_of(2).min(num_panels);
         }
         let col_tasks = num_panels.div_ceil(panels_per_task);
-        let row_tasks = m.div_ceil(TASK_ROWS);
         (0..col_tasks * row_tasks).into_par_iter().for_each(|t| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let rows = rt * TASK_ROWS..((rt + 1) * TASK_ROWS).min(m);
@@ -178,7 +275,6 @@ impl PackedWeight {
             unsafe { self.block_avx512(kernels, x, bias, act, rows, panels, out) };
             return;
         }
-        let (n, k) = (self.n, self.k);
         // Tiles as even as possible (32 rows: 6+6+5+5+5+5, not 6×5+2): a tile of one or
         // two rows has too few accumulators to hide the FMA latency.
         let tiles = rows.len().div_ceil(MR);
@@ -186,25 +282,10 @@ impl PackedWeight {
         for tile_index in 0..tiles {
             let mr = rows.len() / tiles + usize::from(tile_index < rows.len() % tiles);
             for p in panels.clone() {
-                let cols = PANEL.min(n - p * PANEL);
-                // SAFETY: rows r..r + mr of x (k floats each) are inside x; panel p
-                // (k × 16 floats) is inside self.panels; bias entries p·16..p·16 + cols
-                // are inside bias; the output rows r..r + mr, columns p·16..p·16 + cols
-                // (row stride n) are inside this task's block, which the caller
-                // guarantees.
-                unsafe {
-                    let tile = Tile {
-                        x: x.as_ptr().add(r * k),
-                        k,
-                        w: self.panels.as_ptr().add(p * k * PANEL),
-                        bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
-                        act,
-                        out: out.0.add(r * n + p * PANEL),
-                        ldo: n,
-                        cols,
-                    };
-                    tile.run(kernels, mr);
-                }
+                // SAFETY: r..r + mr lies inside the block's rows and p inside its
+                // panels, as `tile_at` requires; the tile's invariant then holds for mr
+                // rows.
+                unsafe { self.tile_at(x, bias, act, r, p, out).run(kernels, mr) };
             }
             r += mr;
         }
@@ -226,14 +307,19 @@ impl PackedWeight {
         out: SendPtr,
     ) -> Tile {
         let (n, k) = (self.n, self.k);
-        // SAFETY: rows from r of x are inside x; panel p (k × 16 floats) is inside
-        // self.panels; bias entries p·16.. are inside bias; the output offset
-        // r·n + p·16 is inside the caller's block.
+        let format = self.format();
+        let (values, scales) = self.raw();
+        // SAFETY: rows from r of x are inside x; panel p (k × 16 values) is inside the
+        // stored values; bias entries p·16.. are inside bias, and 16 scales from p·16
+        // inside the padded scales; the output offset r·n + p·16 is inside the
+        // caller's block.
         unsafe {
             Tile {
                 x: x.as_ptr().add(r * k),
                 k,
-                w: self.panels.as_ptr().add(p * k * PANEL),
+                format,
+                w: values.add(p * k * PANEL * format.bytes()),
+                scale: scales.map(|s| s.as_ptr().add(p * PANEL)),
                 bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
                 act,
                 out: out.0.add(r * n + p * PANEL),
@@ -288,6 +374,56 @@ impl PackedWeight {
     }
 }
 
+/// `[n, k]` row-major into `⌈n/16⌉` panels of `[k][16]`, each value converted by
+/// `convert(output j, value)`; the columns past n in the last panel are `T::default()`.
+///
+/// Every element is written once, in order (16 rows read side by side): no zero-fill
+/// first, which with the page faults of fresh memory was a quarter of load time.
+fn pack_panels<T: Copy + Default + Send + Sync>(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    convert: impl Fn(usize, f32) -> T + Sync,
+) -> Vec<T> {
+    let len = n.div_ceil(PANEL) * k * PANEL;
+    let mut panels: Vec<T> = Vec::with_capacity(len);
+    panels.spare_capacity_mut()[..len]
+        .par_chunks_mut(k * PANEL)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            let cols = PANEL.min(n - p * PANEL);
+            let rows = &w[p * PANEL * k..][..cols * k];
+            if cols == PANEL {
+                // Blocks of 16 × 16, so that both the 16 rows read and the panel rows
+                // written stay in L1.
+                for i0 in (0..k).step_by(PANEL) {
+                    let block = PANEL.min(k - i0);
+                    for c in 0..PANEL {
+                        let j = p * PANEL + c;
+                        let src = &rows[c * k + i0..][..block];
+                        for (di, &v) in src.iter().enumerate() {
+                            panel[(i0 + di) * PANEL + c].write(convert(j, v));
+                        }
+                    }
+                }
+                return;
+            }
+            for (i, out) in panel.chunks_exact_mut(PANEL).enumerate() {
+                for (c, o) in out.iter_mut().enumerate() {
+                    o.write(if c < cols {
+                        convert(p * PANEL + c, rows[c * k + i])
+                    } else {
+                        T::default()
+                    });
+                }
+            }
+        });
+    // SAFETY: the loop above wrote all `len` elements (every panel, every k, all 16
+    // columns).
+    unsafe { panels.set_len(len) };
+    panels
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: used only to hand disjoint output blocks to rayon tasks (`write_all`).
@@ -297,14 +433,17 @@ unsafe impl Sync for SendPtr {}
 
 /// One microkernel call: `mr` (≤ 6) rows of x against one panel.
 ///
-/// Invariant (upheld where tiles are made, in `block`): `x` is valid for reads of `mr`
-/// rows of `k` floats (row stride `k`); `w` for `k × 16` floats; `bias`, if any, for
-/// `cols` floats; `out` for writes of `mr` rows of `cols` floats (row stride `ldo`) that
-/// nothing else accesses meanwhile; `cols ≤ 16`.
+/// Invariant (upheld where tiles are made, in `tile_at`): `x` is valid for reads of
+/// `mr` rows of `k` floats (row stride `k`); `w` for `k × 16` values of `format`;
+/// `scale`, if any, for 16 floats; `bias`, if any, for `cols` floats; `out` for writes
+/// of `mr` rows of `cols` floats (row stride `ldo`) that nothing else accesses
+/// meanwhile; `cols ≤ 16`.
 struct Tile {
     x: *const f32,
     k: usize,
-    w: *const f32,
+    format: WeightFormat,
+    w: *const u8,
+    scale: Option<*const f32>,
     bias: Option<*const f32>,
     act: Option<SliceActivation>,
     out: *mut f32,
@@ -312,24 +451,50 @@ struct Tile {
     cols: usize,
 }
 
+/// The stored formats as const-generic tags, so every kernel is compiled once per
+/// format with the widening inlined into its k loop.
+const F32: u8 = 0;
+const BF16: u8 = 1;
+const INT8: u8 = 2;
+
 impl Tile {
+    fn tag(&self) -> u8 {
+        match self.format {
+            WeightFormat::F32 => F32,
+            WeightFormat::Bf16 => BF16,
+            WeightFormat::Int8 => INT8,
+        }
+    }
+
+    /// Whether an output row can go straight from registers to `out`.
+    fn plain(&self) -> bool {
+        self.cols == PANEL && self.scale.is_none() && self.bias.is_none() && self.act.is_none()
+    }
+
     /// # Safety
     /// The tile's invariant holds for `mr` (1 ≤ mr ≤ 6) rows.
     unsafe fn run(&self, kernels: Kernels, mr: usize) {
         #[cfg(target_arch = "x86_64")]
         if kernels.has_avx2() {
-            // SAFETY: `kernels` exists only for sets this CPU supports, and this one
-            // includes AVX2 and FMA; the pointers as the caller promised.
-            unsafe {
-                match mr {
-                    6 => avx2::tile::<6>(self),
-                    5 => avx2::tile::<5>(self),
-                    4 => avx2::tile::<4>(self),
-                    3 => avx2::tile::<3>(self),
-                    2 => avx2::tile::<2>(self),
-                    _ => avx2::tile::<1>(self),
-                }
+            macro_rules! dispatch {
+                ($($f:ident)*) => {
+                    match (self.tag(), mr) {
+                        $(
+                            // SAFETY (all arms): `kernels` exists only for sets this
+                            // CPU supports, and this one includes AVX2 and FMA; the
+                            // tile's invariant holds for mr rows, as promised.
+                            ($f, 6) => unsafe { avx2::tile::<$f, 6>(self) },
+                            ($f, 5) => unsafe { avx2::tile::<$f, 5>(self) },
+                            ($f, 4) => unsafe { avx2::tile::<$f, 4>(self) },
+                            ($f, 3) => unsafe { avx2::tile::<$f, 3>(self) },
+                            ($f, 2) => unsafe { avx2::tile::<$f, 2>(self) },
+                            ($f, _) => unsafe { avx2::tile::<$f, 1>(self) },
+                        )*
+                        _ => unreachable!("weight format tag"),
+                    }
+                };
             }
+            dispatch!(F32 BF16 INT8);
             return;
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -338,24 +503,36 @@ impl Tile {
         unsafe { self.portable(mr) };
     }
 
+    /// Weight `c` of panel row `i`, widened to f32.
+    ///
+    /// # Safety
+    /// `i < k`, `c < 16`.
+    unsafe fn weight(&self, i: usize, c: usize) -> f32 {
+        let at = i * PANEL + c;
+        // SAFETY: the panel holds k × 16 values of `format`.
+        unsafe {
+            match self.format {
+                WeightFormat::F32 => *self.w.cast::<f32>().add(at),
+                WeightFormat::Bf16 => half::bf16::from_bits(*self.w.cast::<u16>().add(at)).to_f32(),
+                WeightFormat::Int8 => *self.w.cast::<i8>().add(at) as f32,
+            }
+        }
+    }
+
     /// The same products and sums, in the same order, without SIMD (and without fused
     /// multiply-adds, which baseline x86-64 lacks; results differ in the last bits).
     ///
     /// # Safety
     /// As [`Self::run`].
     unsafe fn portable(&self, mr: usize) {
-        // SAFETY: the tile's invariant: row r < mr of x has k floats, the panel k × 16.
-        let (x, w) = unsafe {
-            (
-                std::slice::from_raw_parts(self.x, mr * self.k),
-                std::slice::from_raw_parts(self.w, self.k * PANEL),
-            )
-        };
+        // SAFETY: the tile's invariant: row r < mr of x has k floats.
+        let x = unsafe { std::slice::from_raw_parts(self.x, mr * self.k) };
         for r in 0..mr {
             let mut acc = [0f32; PANEL];
-            for (&xv, wi) in x[r * self.k..][..self.k].iter().zip(w.chunks_exact(PANEL)) {
-                for (a, &wv) in acc.iter_mut().zip(wi) {
-                    *a += xv * wv;
+            for (i, &xv) in x[r * self.k..][..self.k].iter().enumerate() {
+                for (c, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: i < k, c < 16.
+                    *a += xv * unsafe { self.weight(i, c) };
                 }
             }
             // SAFETY: r < mr.
@@ -363,11 +540,19 @@ impl Tile {
         }
     }
 
-    /// Adds the bias, applies the activation and writes the valid columns of one row.
+    /// Scales (int8), adds the bias, applies the activation and writes the valid
+    /// columns of one row.
     ///
     /// # Safety
     /// The tile's invariant holds for more than `r` rows.
     unsafe fn store(&self, r: usize, acc: &mut [f32; PANEL]) {
+        if let Some(s) = self.scale {
+            // SAFETY: the scale pointer is valid for 16 floats.
+            let s = unsafe { std::slice::from_raw_parts(s, PANEL) };
+            for (a, &sc) in acc.iter_mut().zip(s) {
+                *a *= sc;
+            }
+        }
         if let Some(b) = self.bias {
             // SAFETY: the bias pointer is valid for `cols` floats.
             let b = unsafe { std::slice::from_raw_parts(b, self.cols) };
@@ -388,23 +573,48 @@ impl Tile {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tile, PANEL};
+    use super::{Tile, BF16, F32, PANEL};
     use std::arch::x86_64::*;
 
-    /// `R` rows against one panel, 2 × R accumulators.
+    /// Weights `8h..8h + 8` of panel row `i`, widened to f32.
     ///
     /// # Safety
-    /// The tile's invariant holds for `R` rows; the CPU has AVX2 and FMA.
+    /// `w` holds k × 16 values of format `F`, `i < k`, `h < 2`; the CPU has AVX2.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const R: usize>(t: &Tile) {
+    unsafe fn load8<const F: u8>(w: *const u8, i: usize, h: usize) -> __m256 {
+        let at = i * PANEL + 8 * h;
+        // SAFETY: values at..at + 8 are inside the panel.
+        unsafe {
+            match F {
+                F32 => _mm256_loadu_ps(w.cast::<f32>().add(at)),
+                BF16 => {
+                    let h = _mm_loadu_si128(w.cast::<u16>().add(at).cast());
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+                }
+                _ => {
+                    let q = _mm_loadl_epi64(w.cast::<i8>().add(at).cast());
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))
+                }
+            }
+        }
+    }
+
+    /// `R` rows against one panel of format `F`, 2 × R accumulators.
+    ///
+    /// # Safety
+    /// The tile's invariant holds for `R` rows, its format is `F`; the CPU has AVX2 and
+    /// FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile<const F: u8, const R: usize>(t: &Tile) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let (x, w, k) = (t.x, t.w, t.k);
         for i in 0..k {
-            // SAFETY: the panel holds k × 16 floats and i < k; row r < R of x holds k
+            // SAFETY: the panel holds k × 16 values and i < k; row r < R of x holds k
             // floats.
             unsafe {
-                let w0 = _mm256_loadu_ps(w.add(i * PANEL));
-                let w1 = _mm256_loadu_ps(w.add(i * PANEL + 8));
+                let w0 = load8::<F>(w, i, 0);
+                let w1 = load8::<F>(w, i, 1);
                 for (r, a) in acc.iter_mut().enumerate() {
                     let xv = _mm256_broadcast_ss(&*x.add(r * k + i));
                     a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
@@ -413,7 +623,7 @@ mod avx2 {
             }
         }
         for (r, a) in acc.iter().enumerate() {
-            if t.cols == PANEL && t.bias.is_none() && t.act.is_none() {
+            if t.plain() {
                 // SAFETY: output row r < R has cols = 16 writable floats.
                 unsafe {
                     _mm256_storeu_ps(t.out.add(r * t.ldo), a[0]);
@@ -434,7 +644,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Tile, PANEL};
+    use super::{Tile, BF16, F32, INT8, PANEL};
     use std::arch::x86_64::*;
 
     /// Rows per microkernel call: 12 × 2 accumulators + 2 weight vectors + 1 broadcast
@@ -444,23 +654,51 @@ mod avx512 {
     /// `mr` (1 ≤ mr ≤ 12) rows against one or two panels.
     ///
     /// # Safety
-    /// The invariants of `t0` and `t1` (if any) hold for `mr` rows, and they share `x`
-    /// and `k`; the CPU has AVX-512F, AVX2 and FMA.
+    /// The invariants of `t0` and `t1` (if any) hold for `mr` rows, and they share `x`,
+    /// `k` and the format; the CPU has AVX-512F, AVX2 and FMA.
     pub unsafe fn run(t0: &Tile, t1: Option<&Tile>, mr: usize) {
         macro_rules! dispatch {
-            ($($r:literal)*) => {
+            ($f:ident: $($r:literal)*) => {
                 match (mr, t1) {
                     $(
                         // SAFETY: as the caller promised, with R = mr.
-                        ($r, Some(t1)) => unsafe { tile2::<$r>(t0, t1) },
+                        ($r, Some(t1)) => unsafe { tile2::<$f, $r>(t0, t1) },
                         // SAFETY: as the caller promised, with R = mr.
-                        ($r, None) => unsafe { tile1::<$r>(t0) },
+                        ($r, None) => unsafe { tile1::<$f, $r>(t0) },
                     )*
                     _ => unreachable!("AVX-512 tile of {mr} rows"),
                 }
             };
         }
-        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12);
+        match t0.tag() {
+            F32 => dispatch!(F32: 1 2 3 4 5 6 7 8 9 10 11 12),
+            BF16 => dispatch!(BF16: 1 2 3 4 5 6 7 8 9 10 11 12),
+            _ => dispatch!(INT8: 1 2 3 4 5 6 7 8 9 10 11 12),
+        }
+    }
+
+    /// The 16 weights of panel row `i`, widened to f32.
+    ///
+    /// # Safety
+    /// `w` holds k × 16 values of format `F` and `i < k`; the CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn load16<const F: u8>(w: *const u8, i: usize) -> __m512 {
+        let at = i * PANEL;
+        // SAFETY: values at..at + 16 are inside the panel.
+        unsafe {
+            match F {
+                F32 => _mm512_loadu_ps(w.cast::<f32>().add(at)),
+                BF16 => {
+                    let h = _mm256_loadu_si256(w.cast::<u16>().add(at).cast());
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                }
+                _ => {
+                    let q = _mm_loadu_si128(w.cast::<i8>().add(at).cast());
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q))
+                }
+            }
+        }
     }
 
     /// `R` rows against two adjacent panels, 2 × R accumulators. Each output is a
@@ -468,18 +706,18 @@ mod avx512 {
     /// are bit-identical to it.
     ///
     /// # Safety
-    /// As [`run`] with `t1` present and `R` rows.
+    /// As [`run`] with `t1` present, `R` rows and format `F`.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn tile2<const R: usize>(t0: &Tile, t1: &Tile) {
+    unsafe fn tile2<const F: u8, const R: usize>(t0: &Tile, t1: &Tile) {
         debug_assert!(t0.x == t1.x && t0.k == t1.k);
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let (x, w0p, w1p, k) = (t0.x, t0.w, t1.w, t0.k);
         for i in 0..k {
-            // SAFETY: both panels hold k × 16 floats and i < k; row r < R of x holds k
+            // SAFETY: both panels hold k × 16 values and i < k; row r < R of x holds k
             // floats.
             unsafe {
-                let w0 = _mm512_loadu_ps(w0p.add(i * PANEL));
-                let w1 = _mm512_loadu_ps(w1p.add(i * PANEL));
+                let w0 = load16::<F>(w0p, i);
+                let w1 = load16::<F>(w1p, i);
                 for (r, a) in acc.iter_mut().enumerate() {
                     let xv = _mm512_set1_ps(*x.add(r * k + i));
                     a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
@@ -499,16 +737,16 @@ mod avx512 {
     /// `R` rows against one panel (the last, odd one of a task).
     ///
     /// # Safety
-    /// As [`run`] with `R` rows.
+    /// As [`run`] with `R` rows and format `F`.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn tile1<const R: usize>(t: &Tile) {
+    unsafe fn tile1<const F: u8, const R: usize>(t: &Tile) {
         let mut acc = [_mm512_setzero_ps(); R];
         let (x, w, k) = (t.x, t.w, t.k);
         for i in 0..k {
-            // SAFETY: the panel holds k × 16 floats and i < k; row r < R of x holds k
+            // SAFETY: the panel holds k × 16 values and i < k; row r < R of x holds k
             // floats.
             unsafe {
-                let wv = _mm512_loadu_ps(w.add(i * PANEL));
+                let wv = load16::<F>(w, i);
                 for (r, a) in acc.iter_mut().enumerate() {
                     let xv = _mm512_set1_ps(*x.add(r * k + i));
                     *a = _mm512_fmadd_ps(xv, wv, *a);
@@ -528,7 +766,7 @@ mod avx512 {
     /// The tile's invariant holds for more than `r` rows; the CPU has AVX-512F.
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn store(t: &Tile, r: usize, a: __m512) {
-        if t.cols == PANEL && t.bias.is_none() && t.act.is_none() {
+        if t.plain() {
             // SAFETY: output row r has cols = 16 writable floats.
             unsafe { _mm512_storeu_ps(t.out.add(r * t.ldo), a) };
         } else {
@@ -586,34 +824,86 @@ mod tests {
             (200, 50, 33),
         ] {
             let (x, w, b) = (rng.take(m * k), rng.take(n * k), rng.take(n));
-            let packed = PackedWeight::pack(&w, n, k);
-            let relu: SliceActivation = |xs| xs.iter_mut().for_each(|v| *v = v.max(0.0));
-            for (kernels, bias, act) in Kernels::all_supported().into_iter().flat_map(|ks| {
-                [
-                    (ks, Some(&b[..]), None),
-                    (ks, None, None),
-                    (ks, Some(&b[..]), Some(relu)),
-                ]
-            }) {
-                let mut out = vec![0f32; m * n];
-                packed.matmul_with(kernels, &x, bias, act, &mut out);
-                if kernels == Kernels::chosen() {
-                    assert_eq!(out, packed.matmul_to_vec(&x, bias, act));
-                }
-                let want = naive(&x, &w, bias, k);
-                for (g, e) in out.iter().zip(&want) {
-                    let e = act.map_or(*e, |f| {
-                        let mut v = [*e];
-                        f(&mut v);
-                        v[0]
-                    });
-                    assert!((g - e).abs() < 1e-4, "{m}x{k}x{n}: {g} vs {e}");
-                }
+            for format in FORMATS {
+                check_against_naive(&x, &w, &b, (m, k, n), format);
             }
-            let mut row = vec![0f32; k];
-            packed.row(n - 1, &mut row);
-            assert_eq!(row, w[(n - 1) * k..]);
         }
+    }
+
+    const FORMATS: [WeightFormat; 3] = [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8];
+
+    /// The matrix the kernels multiply by: W as stored, widened back to f32.
+    fn stored(packed: &PackedWeight) -> Vec<f32> {
+        let (n, k) = (packed.n, packed.k);
+        let mut w = vec![0f32; n * k];
+        for (j, row) in w.chunks_exact_mut(k).enumerate() {
+            packed.row(j, row);
+        }
+        w
+    }
+
+    fn check_against_naive(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        (m, k, n): (usize, usize, usize),
+        format: WeightFormat,
+    ) {
+        let packed = PackedWeight::pack_as(w, n, k, format);
+        assert_eq!(packed.format(), format);
+        let w = stored(&packed);
+        let relu: SliceActivation = |xs| xs.iter_mut().for_each(|v| *v = v.max(0.0));
+        for (kernels, bias, act) in Kernels::all_supported().into_iter().flat_map(|ks| {
+            [
+                (ks, Some(&b[..]), None),
+                (ks, None, None),
+                (ks, Some(&b[..]), Some(relu)),
+            ]
+        }) {
+            let mut out = vec![0f32; m * n];
+            packed.matmul_with(kernels, x, bias, act, &mut out);
+            if kernels == Kernels::chosen() {
+                assert_eq!(out, packed.matmul_to_vec(x, bias, act));
+            }
+            let want = naive(x, &w, bias, k);
+            for (g, e) in out.iter().zip(&want) {
+                let e = act.map_or(*e, |f| {
+                    let mut v = [*e];
+                    f(&mut v);
+                    v[0]
+                });
+                assert!((g - e).abs() < 1e-4, "{format:?} {m}x{k}x{n}: {g} vs {e}");
+            }
+        }
+    }
+
+    /// f32 is stored exactly; bf16 within 2⁻⁸ of each value (relative); int8
+    /// within half a step of its row's scale, with the row's largest magnitude exact.
+    #[test]
+    fn stored_values_are_the_format_rounding_of_the_weights() {
+        let (n, k) = (37, 29);
+        let mut w = Lcg(5).take(n * k);
+        w[3 * k..4 * k].fill(0.0);
+        let exact = stored(&PackedWeight::pack_as(&w, n, k, WeightFormat::F32));
+        assert_eq!(exact, w);
+        let bf16 = stored(&PackedWeight::pack_as(&w, n, k, WeightFormat::Bf16));
+        for (s, v) in bf16.iter().zip(&w) {
+            assert!((s - v).abs() <= v.abs() / 256.0, "bf16 {v} stored as {s}");
+        }
+        let int8 = stored(&PackedWeight::pack_as(&w, n, k, WeightFormat::Int8));
+        for (j, (s_row, w_row)) in int8.chunks(k).zip(w.chunks(k)).enumerate() {
+            let amax = w_row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let step = amax / 127.0;
+            for (s, v) in s_row.iter().zip(w_row) {
+                assert!(
+                    (s - v).abs() <= step / 2.0 + 1e-7,
+                    "row {j}: int8 {v} stored as {s}"
+                );
+            }
+            let peak = s_row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!((peak - amax).abs() <= 1e-6, "row {j}: {peak} vs {amax}");
+        }
+        assert!(int8[3 * k..4 * k].iter().all(|&v| v == 0.0));
     }
 
     /// The AVX-512 kernel computes each output as the same FMA chain as the AVX2 one,
@@ -642,12 +932,14 @@ mod tests {
             (200, 768, 257),
         ] {
             let (x, w, b) = (rng.take(m * k), rng.take(n * k), rng.take(n));
-            let packed = PackedWeight::pack(&w, n, k);
-            for (bias, act) in [
-                (None, None),
-                (Some(&b[..]), None),
-                (Some(&b[..]), Some(gelu)),
-            ] {
+            for (format, bias, act) in FORMATS.into_iter().flat_map(|f| {
+                [
+                    (f, None, None),
+                    (f, Some(&b[..]), None),
+                    (f, Some(&b[..]), Some(gelu)),
+                ]
+            }) {
+                let packed = PackedWeight::pack_as(&w, n, k, format);
                 let mut want = vec![0f32; m * n];
                 let mut got = vec![1f32; m * n];
                 packed.matmul_with(avx2, &x, bias, act, &mut want);
@@ -656,7 +948,7 @@ mod tests {
                     .iter()
                     .zip(&got)
                     .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{m}x{k}x{n}: AVX-512 differs from AVX2");
+                assert!(same, "{format:?} {m}x{k}x{n}: AVX-512 differs from AVX2");
             }
         }
     }

@@ -1,0 +1,156 @@
+//! How close `--dtype bf16` and `--dtype int8` stay to f32: the share of sequences
+//! identical to f32's and the mean per-token agreement, on every fixture family and
+//! parameter set, and on a checkpoint of your own.
+//!
+//! cargo bench --bench fidelity [-- --model DIR --inputs FILE [--limit N] [--beams N]
+//!     [--max-new-tokens N]]
+//!
+//! FILE has one input per line (a TSV line's first column). f32 itself is checked
+//! against transformers' outputs on the fixtures (the parity tests assert it).
+
+mod common;
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod test_common;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use common::arg;
+use encdec::checkpoint::dtype::RunDtype;
+use encdec::engine::{Engine, EngineOptions};
+use encdec::eval::agreement::Agreement;
+use encdec::generation::{GenerationOverrides, NoObserver, Outcome};
+use test_common::{fixture_sequences, model_dir, MODELS};
+
+const LOW: [RunDtype; 2] = [RunDtype::Bf16, RunDtype::Int8];
+
+fn engine(dir: &std::path::Path, dtype: RunDtype) -> Result<Engine> {
+    let opts = EngineOptions {
+        dtype,
+        ..EngineOptions::default()
+    };
+    Engine::load(dir, &opts).with_context(|| format!("loading {}", dir.display()))
+}
+
+fn row(name: &str, tallies: &[Agreement]) {
+    let cells: Vec<String> = tallies
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{} ({:.1} %) | {:.3}",
+                a.identical,
+                a.sequences,
+                100.0 * a.identical_share(),
+                a.token_agreement()
+            )
+        })
+        .collect();
+    println!("| {name} | {} |", cells.join(" | "));
+}
+
+fn compare(want: &[Vec<u32>], got: &[Vec<u32>]) -> Agreement {
+    let mut a = Agreement::default();
+    for (g, w) in got.iter().zip(want) {
+        a.add(g, w);
+    }
+    a
+}
+
+fn fixtures() -> Result<()> {
+    println!("| fixture family | bf16: identical | bf16: token agreement | int8: identical | int8: token agreement |");
+    println!("|---|---|---|---|---|");
+    let mut totals = [Agreement::default(); 2];
+    for model in MODELS {
+        let ids = |d| -> Result<Vec<Vec<u32>>> {
+            let e = engine(&model_dir(model), d)?;
+            Ok(fixture_sequences(&e, model)
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect())
+        };
+        let want = ids(RunDtype::F32)?;
+        let tallies: Vec<Agreement> = LOW
+            .iter()
+            .map(|&d| Ok(compare(&want, &ids(d)?)))
+            .collect::<Result<_>>()?;
+        for (t, a) in totals.iter_mut().zip(&tallies) {
+            t.merge(a);
+        }
+        row(model, &tallies);
+    }
+    row("**all**", &totals);
+    Ok(())
+}
+
+fn own_checkpoint(args: &[String], dir: PathBuf) -> Result<()> {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let inputs = flag("--inputs").context("--model needs --inputs FILE")?;
+    let limit = arg(args, "--limit", 64)?;
+    let text = std::fs::read_to_string(inputs).with_context(|| format!("reading {inputs}"))?;
+    let inputs: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or(""))
+        .filter(|l| !l.trim().is_empty())
+        .take(limit)
+        .collect();
+    let overrides = GenerationOverrides {
+        num_beams: Some(arg(args, "--beams", 4)?),
+        max_new_tokens: Some(arg(args, "--max-new-tokens", 32)?),
+        ..GenerationOverrides::default()
+    };
+    let run = |d| -> Result<Vec<Vec<u32>>> {
+        let e = engine(&dir, d)?;
+        let cfg = e.defaults().with_overrides(&overrides)?;
+        let mut out = Vec::new();
+        for chunk in inputs.chunks(8) {
+            let batch: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|t| e.encode(t, None).map_err(anyhow::Error::from))
+                .collect::<Result<_>>()?;
+            for o in e.generate_ids(&batch, &cfg, &NoObserver)? {
+                let Outcome::Finished(hyps) = o else {
+                    anyhow::bail!("cancelled")
+                };
+                out.extend(hyps.into_iter().map(|h| h.ids));
+            }
+        }
+        Ok(out)
+    };
+    let want = run(RunDtype::F32)?;
+    let tallies: Vec<Agreement> = LOW
+        .iter()
+        .map(|&d| Ok(compare(&want, &run(d)?)))
+        .collect::<Result<_>>()?;
+    println!();
+    println!(
+        "{}: {} inputs, num_beams {:?}, max_new_tokens {:?}",
+        dir.display(),
+        inputs.len(),
+        overrides.num_beams,
+        overrides.max_new_tokens
+    );
+    println!("| checkpoint | bf16: identical | bf16: token agreement | int8: identical | int8: token agreement |");
+    println!("|---|---|---|---|---|");
+    row(&dir.display().to_string(), &tallies);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    println!("kernels: {}", encdec::model::kernel_choice());
+    fixtures()?;
+    let model = args
+        .iter()
+        .position(|a| a == "--model")
+        .and_then(|i| args.get(i + 1));
+    if let Some(dir) = model {
+        own_checkpoint(&args, PathBuf::from(dir))?;
+    }
+    Ok(())
+}
