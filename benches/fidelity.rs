@@ -11,7 +11,6 @@
 mod common;
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod test_common;
 
 use std::path::PathBuf;

@@ -82,7 +82,7 @@ impl SafetensorsFiles {
         let len = (e.end - e.start) as usize;
         // f32, the common case, is read straight into the tensor's own buffer: going
         // through a byte buffer copied the weights once more (a tenth of load time).
-        if e.dtype == DType::F32 && cfg!(target_endian = "little") && len % 4 == 0 {
+        if e.dtype == DType::F32 && cfg!(target_endian = "little") && len.is_multiple_of(4) {
             let mut values = vec![0f32; len / 4];
             // SAFETY: any bytes are a valid f32, and the byte view covers exactly the
             // vector's initialised elements.

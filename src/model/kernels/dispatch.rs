@@ -55,9 +55,11 @@ pub struct CpuFeatures {
     pub avx2: bool,
     pub fma: bool,
     pub avx512f: bool,
+    /// With AVX-512F and VNNI: the int8 dot-product kernel.
+    pub avx512bw: bool,
     /// Reported only: no kernel uses bf16 dot products (yet).
     pub avx512_bf16: bool,
-    /// Reported only: no kernel uses int8 dot products (yet).
+    /// With AVX-512F/BW: int8 weights run the `vpdpbusd` kernel (`kernels/int8.rs`).
     pub avx512_vnni: bool,
 }
 
@@ -75,6 +77,7 @@ impl CpuFeatures {
             avx2: has!("avx2"),
             fma: has!("fma"),
             avx512f: has!("avx512f"),
+            avx512bw: has!("avx512bw"),
             avx512_bf16: has!("avx512bf16"),
             avx512_vnni: has!("avx512vnni"),
         }
@@ -101,6 +104,7 @@ impl CpuFeatures {
             (self.avx2, "avx2"),
             (self.fma, "fma"),
             (self.avx512f, "avx512f"),
+            (self.avx512bw, "avx512bw"),
             (self.avx512_bf16, "avx512_bf16"),
             (self.avx512_vnni, "avx512_vnni"),
         ]
@@ -146,6 +150,12 @@ impl Kernels {
     /// AVX-512F (and AVX2, FMA) are available.
     pub fn has_avx512(self) -> bool {
         self.0 >= KernelSet::Avx512
+    }
+
+    /// The AVX-512 set on a CPU with AVX-512BW and VNNI: int8 × int8 dot products.
+    pub fn has_avx512_vnni(self) -> bool {
+        let cpu = CpuFeatures::get();
+        self.has_avx512() && cpu.avx512bw && cpu.avx512_vnni
     }
 }
 
@@ -250,13 +260,14 @@ mod tests {
             avx2: true,
             fma: true,
             avx512f: true,
+            avx512bw: true,
             avx512_bf16: true,
             avx512_vnni: true,
         };
         assert_eq!(pick(all, None).kernels, KernelSet::Avx512);
         assert_eq!(
             pick(all, Some("avx2")).to_string(),
-            "avx2 (cpu: avx2 fma avx512f avx512_bf16 avx512_vnni; ENCDEC_KERNELS=avx2)"
+            "avx2 (cpu: avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni; ENCDEC_KERNELS=avx2)"
         );
     }
 

@@ -24,9 +24,10 @@ use rayon::prelude::*;
 
 use super::activation::SliceActivation;
 use super::dispatch::Kernels;
+use super::int8::{quantize_rows, DotPanels};
 
 /// Outputs per panel (two AVX vectors).
-pub const PANEL: usize = 16;
+pub(super) const PANEL: usize = 16;
 /// Rows per microkernel call (12 accumulators + 2 weight vectors + 1 broadcast = 15 of
 /// the 16 AVX registers).
 const MR: usize = 6;
@@ -80,6 +81,9 @@ enum Panels {
         values: Vec<i8>,
         scales: Vec<f32>,
     },
+    /// int8 in the layout of the integer dot-product kernel (`int8.rs`), which also
+    /// quantises the activations: chosen for int8 where the CPU has AVX-512 VNNI.
+    Int8Dot(DotPanels),
 }
 
 /// A weight matrix `[n, k]` in panel layout.
@@ -104,6 +108,9 @@ impl PackedWeight {
             WeightFormat::Bf16 => Panels::Bf16(pack_panels(w, n, k, |_, v| {
                 half::bf16::from_f32(v).to_bits()
             })),
+            WeightFormat::Int8 if Kernels::chosen().has_avx512_vnni() => {
+                Panels::Int8Dot(DotPanels::pack(w, n, k))
+            }
             WeightFormat::Int8 => {
                 let mut scales: Vec<f32> = w
                     .par_chunks(k)
@@ -134,18 +141,22 @@ impl PackedWeight {
         match self.panels {
             Panels::F32(_) => WeightFormat::F32,
             Panels::Bf16(_) => WeightFormat::Bf16,
-            Panels::Int8 { .. } => WeightFormat::Int8,
+            Panels::Int8 { .. } | Panels::Int8Dot(_) => WeightFormat::Int8,
         }
     }
 
     /// Row `j` of the matrix as stored (dequantised: what the kernels multiply by).
     pub fn row(&self, j: usize, out: &mut [f32]) {
+        if let Panels::Int8Dot(d) = &self.panels {
+            return d.row(j, out);
+        }
         let at = |i: usize| (j / PANEL) * self.k * PANEL + i * PANEL + j % PANEL;
         for (i, o) in out.iter_mut().enumerate().take(self.k) {
             *o = match &self.panels {
                 Panels::F32(v) => v[at(i)],
                 Panels::Bf16(v) => half::bf16::from_bits(v[at(i)]).to_f32(),
                 Panels::Int8 { values, scales } => values[at(i)] as f32 * scales[j],
+                Panels::Int8Dot(_) => unreachable!("handled above"),
             };
         }
     }
@@ -156,6 +167,7 @@ impl PackedWeight {
             Panels::F32(v) => (v.as_ptr().cast(), None),
             Panels::Bf16(v) => (v.as_ptr().cast(), None),
             Panels::Int8 { values, scales } => (values.as_ptr().cast(), Some(scales)),
+            Panels::Int8Dot(_) => unreachable!("the dot-product layout has its own tiles"),
         }
     }
 
@@ -242,13 +254,25 @@ impl PackedWeight {
             panels_per_task = panels_per_task.next_multiple_of(2).min(num_panels);
         }
         let col_tasks = num_panels.div_ceil(panels_per_task);
+        let quantized = match &self.panels {
+            Panels::Int8Dot(_) => Some(quantize_rows(x, k)),
+            _ => None,
+        };
         (0..col_tasks * row_tasks).into_par_iter().for_each(|t| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let rows = rt * TASK_ROWS..((rt + 1) * TASK_ROWS).min(m);
             let panels = ct * panels_per_task..((ct + 1) * panels_per_task).min(num_panels);
             // SAFETY: rows ⊂ 0..m and panels ⊂ 0..num_panels, so the block lies inside
-            // the m × n output the caller guarantees; tasks write disjoint blocks.
-            unsafe { self.block(kernels, x, bias, act, rows, panels, out_ptr) };
+            // the m × n output the caller guarantees; tasks write disjoint blocks; x
+            // quantised has the m rows of x.
+            unsafe {
+                match (&self.panels, &quantized) {
+                    (Panels::Int8Dot(d), Some(q)) => {
+                        d.block(kernels, q, bias, act, rows, panels, out_ptr.0)
+                    }
+                    _ => self.block(kernels, x, bias, act, rows, panels, out_ptr),
+                }
+            }
         });
     }
 
@@ -480,21 +504,21 @@ impl Tile {
                 ($($f:ident)*) => {
                     match (self.tag(), mr) {
                         $(
-                            // SAFETY (all arms): `kernels` exists only for sets this
-                            // CPU supports, and this one includes AVX2 and FMA; the
-                            // tile's invariant holds for mr rows, as promised.
-                            ($f, 6) => unsafe { avx2::tile::<$f, 6>(self) },
-                            ($f, 5) => unsafe { avx2::tile::<$f, 5>(self) },
-                            ($f, 4) => unsafe { avx2::tile::<$f, 4>(self) },
-                            ($f, 3) => unsafe { avx2::tile::<$f, 3>(self) },
-                            ($f, 2) => unsafe { avx2::tile::<$f, 2>(self) },
-                            ($f, _) => unsafe { avx2::tile::<$f, 1>(self) },
+                            ($f, 6) => avx2::tile::<$f, 6>(self),
+                            ($f, 5) => avx2::tile::<$f, 5>(self),
+                            ($f, 4) => avx2::tile::<$f, 4>(self),
+                            ($f, 3) => avx2::tile::<$f, 3>(self),
+                            ($f, 2) => avx2::tile::<$f, 2>(self),
+                            ($f, _) => avx2::tile::<$f, 1>(self),
                         )*
                         _ => unreachable!("weight format tag"),
                     }
                 };
             }
-            dispatch!(F32 BF16 INT8);
+            // SAFETY: `kernels` exists only for sets this CPU supports, and this one
+            // includes AVX2 and FMA; the tile's invariant holds for mr rows, as
+            // promised.
+            unsafe { dispatch!(F32 BF16 INT8) };
             return;
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -852,12 +876,20 @@ mod tests {
         let packed = PackedWeight::pack_as(w, n, k, format);
         assert_eq!(packed.format(), format);
         let w = stored(&packed);
+        // The dot-product layout quantises x too: compare with x as it sees it.
+        let x_seen;
+        let x = if matches!(packed.panels, Panels::Int8Dot(_)) {
+            x_seen = quantize_rows(x, k).dequantized(k);
+            &x_seen[..]
+        } else {
+            x
+        };
         let relu: SliceActivation = |xs| xs.iter_mut().for_each(|v| *v = v.max(0.0));
         for (kernels, bias, act) in Kernels::all_supported().into_iter().flat_map(|ks| {
             [
-                (ks, Some(&b[..]), None),
+                (ks, Some(b), None),
                 (ks, None, None),
-                (ks, Some(&b[..]), Some(relu)),
+                (ks, Some(b), Some(relu)),
             ]
         }) {
             let mut out = vec![0f32; m * n];
