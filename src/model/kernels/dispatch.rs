@@ -57,9 +57,9 @@ pub struct CpuFeatures {
     pub avx512f: bool,
     /// With AVX-512F and VNNI: the int8 dot-product kernel.
     pub avx512bw: bool,
-    /// Reported only: no kernel uses bf16 dot products (yet).
+    /// With AVX-512F/BW: bf16 weights run the `vdpbf16ps` kernel (`kernels/dot.rs`).
     pub avx512_bf16: bool,
-    /// With AVX-512F/BW: int8 weights run the `vpdpbusd` kernel (`kernels/int8.rs`).
+    /// With AVX-512F/BW: int8 weights run the `vpdpbusd` kernel (`kernels/dot.rs`).
     pub avx512_vnni: bool,
 }
 
@@ -156,6 +156,12 @@ impl Kernels {
     pub fn has_avx512_vnni(self) -> bool {
         let cpu = CpuFeatures::get();
         self.has_avx512() && cpu.avx512bw && cpu.avx512_vnni
+    }
+
+    /// The AVX-512 set on a CPU with AVX-512BW and AVX512_BF16: bf16 dot products.
+    pub fn has_avx512_bf16(self) -> bool {
+        let cpu = CpuFeatures::get();
+        self.has_avx512() && cpu.avx512bw && cpu.avx512_bf16
     }
 }
 

@@ -10,6 +10,6 @@ pub mod activation;
 pub mod cpu;
 pub mod cross_attention;
 pub mod dispatch;
-pub mod int8;
+pub mod dot;
 pub mod packed;
 pub mod small_attention;

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::activation::SliceActivation;
 use super::dispatch::Kernels;
-use super::int8::{quantize_rows, DotPanels};
+use super::dot::{encode_rows, DotKind, DotPanels};
 
 /// Outputs per panel (two AVX vectors).
 pub(super) const PANEL: usize = 16;
@@ -81,9 +81,10 @@ enum Panels {
         values: Vec<i8>,
         scales: Vec<f32>,
     },
-    /// int8 in the layout of the integer dot-product kernel (`int8.rs`), which also
-    /// quantises the activations: chosen for int8 where the CPU has AVX-512 VNNI.
-    Int8Dot(DotPanels),
+    /// bf16 or int8 in the layout of the dot-product kernels (`dot.rs`), which round
+    /// the activations too: chosen where the CPU has the instruction (AVX512_BF16,
+    /// AVX-512 VNNI).
+    Dot(DotPanels),
 }
 
 /// A weight matrix `[n, k]` in panel layout.
@@ -105,11 +106,14 @@ impl PackedWeight {
         assert_eq!(w.len(), n * k);
         let panels = match format {
             WeightFormat::F32 => Panels::F32(pack_panels(w, n, k, |_, v| v)),
+            WeightFormat::Bf16 if Kernels::chosen().has_avx512_bf16() => {
+                Panels::Dot(DotPanels::pack(DotKind::Bf16, w, n, k))
+            }
             WeightFormat::Bf16 => Panels::Bf16(pack_panels(w, n, k, |_, v| {
                 half::bf16::from_f32(v).to_bits()
             })),
             WeightFormat::Int8 if Kernels::chosen().has_avx512_vnni() => {
-                Panels::Int8Dot(DotPanels::pack(w, n, k))
+                Panels::Dot(DotPanels::pack(DotKind::Int8, w, n, k))
             }
             WeightFormat::Int8 => {
                 let mut scales: Vec<f32> = w
@@ -138,16 +142,20 @@ impl PackedWeight {
     }
 
     pub fn format(&self) -> WeightFormat {
-        match self.panels {
+        match &self.panels {
             Panels::F32(_) => WeightFormat::F32,
             Panels::Bf16(_) => WeightFormat::Bf16,
-            Panels::Int8 { .. } | Panels::Int8Dot(_) => WeightFormat::Int8,
+            Panels::Int8 { .. } => WeightFormat::Int8,
+            Panels::Dot(d) => match d.kind() {
+                DotKind::Bf16 => WeightFormat::Bf16,
+                DotKind::Int8 => WeightFormat::Int8,
+            },
         }
     }
 
     /// Row `j` of the matrix as stored (dequantised: what the kernels multiply by).
     pub fn row(&self, j: usize, out: &mut [f32]) {
-        if let Panels::Int8Dot(d) = &self.panels {
+        if let Panels::Dot(d) = &self.panels {
             return d.row(j, out);
         }
         let at = |i: usize| (j / PANEL) * self.k * PANEL + i * PANEL + j % PANEL;
@@ -156,7 +164,7 @@ impl PackedWeight {
                 Panels::F32(v) => v[at(i)],
                 Panels::Bf16(v) => half::bf16::from_bits(v[at(i)]).to_f32(),
                 Panels::Int8 { values, scales } => values[at(i)] as f32 * scales[j],
-                Panels::Int8Dot(_) => unreachable!("handled above"),
+                Panels::Dot(_) => unreachable!("handled above"),
             };
         }
     }
@@ -167,7 +175,7 @@ impl PackedWeight {
             Panels::F32(v) => (v.as_ptr().cast(), None),
             Panels::Bf16(v) => (v.as_ptr().cast(), None),
             Panels::Int8 { values, scales } => (values.as_ptr().cast(), Some(scales)),
-            Panels::Int8Dot(_) => unreachable!("the dot-product layout has its own tiles"),
+            Panels::Dot(_) => unreachable!("the dot-product layout has its own tiles"),
         }
     }
 
@@ -254,8 +262,8 @@ impl PackedWeight {
             panels_per_task = panels_per_task.next_multiple_of(2).min(num_panels);
         }
         let col_tasks = num_panels.div_ceil(panels_per_task);
-        let quantized = match &self.panels {
-            Panels::Int8Dot(_) => Some(quantize_rows(x, k)),
+        let encoded = match &self.panels {
+            Panels::Dot(d) => Some(encode_rows(d.kind(), x, k)),
             _ => None,
         };
         (0..col_tasks * row_tasks).into_par_iter().for_each(|t| {
@@ -266,8 +274,8 @@ impl PackedWeight {
             // the m × n output the caller guarantees; tasks write disjoint blocks; x
             // quantised has the m rows of x.
             unsafe {
-                match (&self.panels, &quantized) {
-                    (Panels::Int8Dot(d), Some(q)) => {
+                match (&self.panels, &encoded) {
+                    (Panels::Dot(d), Some(q)) => {
                         d.block(kernels, q, bias, act, rows, panels, out_ptr.0)
                     }
                     _ => self.block(kernels, x, bias, act, rows, panels, out_ptr),
@@ -876,10 +884,10 @@ mod tests {
         let packed = PackedWeight::pack_as(w, n, k, format);
         assert_eq!(packed.format(), format);
         let w = stored(&packed);
-        // The dot-product layout quantises x too: compare with x as it sees it.
+        // The dot-product layouts round x too: compare with x as they see it.
         let x_seen;
-        let x = if matches!(packed.panels, Panels::Int8Dot(_)) {
-            x_seen = quantize_rows(x, k).dequantized(k);
+        let x = if let Panels::Dot(d) = &packed.panels {
+            x_seen = encode_rows(d.kind(), x, k).decoded(d.kind(), k);
             &x_seen[..]
         } else {
             x
@@ -938,7 +946,8 @@ mod tests {
         assert!(int8[3 * k..4 * k].iter().all(|&v| v == 0.0));
     }
 
-    /// The AVX-512 kernel computes each output as the same FMA chain as the AVX2 one,
+    /// The AVX-512 kernel computes each output as the same FMA chain as the AVX2 one
+    /// (and the int8 dot-product kernel the same integers as its portable fallback),
     /// so the two agree to the bit (which keeps the parity tests independent of the
     /// set), for tile and panel tails and for task splits of many rows and panels.
     #[test]
@@ -976,10 +985,14 @@ mod tests {
                 let mut got = vec![1f32; m * n];
                 packed.matmul_with(avx2, &x, bias, act, &mut want);
                 packed.matmul_with(avx512, &x, bias, act, &mut got);
-                let same = want
-                    .iter()
-                    .zip(&got)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                // The bf16 instruction's sums may round differently from the portable
+                // ones it is compared with; everything else must match to the bit.
+                let bf16_dot =
+                    matches!(&packed.panels, Panels::Dot(d) if d.kind() == DotKind::Bf16);
+                let same = want.iter().zip(&got).all(|(a, b)| {
+                    a.to_bits() == b.to_bits()
+                        || bf16_dot && (a - b).abs() <= 1e-5 * a.abs().max(1.0)
+                });
                 assert!(same, "{format:?} {m}x{k}x{n}: AVX-512 differs from AVX2");
             }
         }

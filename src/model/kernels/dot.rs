@@ -1,0 +1,573 @@
+//! Linear layers as dot products of small groups of low-precision values, where the CPU
+//! has the instructions: int8 × int8 with exact integer sums (AVX-512 VNNI `vpdpbusd`,
+//! four multiply-adds per 32-bit lane) and bf16 × bf16 with f32 sums (AVX512_BF16
+//! `vdpbf16ps`, two per lane). f32 FMA does one per lane, so these raise the compute
+//! peak the encoder and wide decode steps are bound by, not only the bytes read.
+//!
+//! Both round the activations too, as CTranslate2's int8 and torch's bf16 do:
+//! - **int8**: each row of x is quantised on the fly with its own scale,
+//!   `x[r, i] ≈ sx[r] · xq[r, i]` (`sx[r] = max_i |x[r, i]| / 127`); weights are int8
+//!   with one scale per output (`s[j]`, likewise), and
+//!   `y[r, j] = sx[r] · s[j] · Σ_i xq[r, i] · wq[j, i]`, the sum in 32-bit integers.
+//!   `vpdpbusd` multiplies unsigned by signed bytes, so x is stored as `xq + 128` and
+//!   `128 · Σ_i wq[j, i]` is taken off once per output.
+//! - **bf16**: x and W rounded to bf16 (nearest even), products summed in f32.
+//!
+//! Layout: panels of 16 outputs as in `packed.rs`, k in groups of 4 bytes (four int8 or
+//! two bf16): `[⌈k/g⌉][16][g]`, one 64-byte vector per group of a panel. x rows are
+//! stored the same way, a group read as one 32-bit broadcast. int8 results are
+//! bit-identical on every kernel set (the same integers, the same float epilogue); the
+//! portable bf16 sum may differ from the instruction's in the last bits.
+
+use rayon::prelude::*;
+
+use super::activation::SliceActivation;
+use super::dispatch::Kernels;
+use super::packed::PANEL;
+
+/// Bytes per group: one 32-bit lane.
+const GROUP_BYTES: usize = 4;
+/// Rows per SIMD call: 12 × 2 accumulators + 2 weight vectors + 1 broadcast of the 32
+/// zmm registers.
+const MR: usize = 12;
+/// Activations below this many are encoded on the calling thread.
+const PARALLEL_ELEMENTS: usize = 1 << 16;
+
+/// The element type of a dot-product layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotKind {
+    Int8,
+    Bf16,
+}
+
+impl DotKind {
+    /// Values per group.
+    fn group(self) -> usize {
+        match self {
+            DotKind::Int8 => 4,
+            DotKind::Bf16 => 2,
+        }
+    }
+
+    /// Whether `kernels` has this kind's instruction.
+    fn native(self, kernels: Kernels) -> bool {
+        match self {
+            DotKind::Int8 => kernels.has_avx512_vnni(),
+            DotKind::Bf16 => kernels.has_avx512_bf16(),
+        }
+    }
+}
+
+/// Round half away from zero to an int8 step (`f32::round` is a libm call on baseline
+/// x86-64, and this runs for every weight at load and every activation per layer).
+fn quantize(v: f32, inverse_scale: f32) -> i8 {
+    let t = v * inverse_scale;
+    (t + 0.5f32.copysign(t)).clamp(-127.0, 127.0) as i8
+}
+
+/// `(max |row| / 127, 127 / max |row|)`, the inverse 0 for an all-zero row.
+fn int8_scale(row: &[f32]) -> (f32, f32) {
+    let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+    (amax / 127.0, if amax > 0.0 { 127.0 / amax } else { 0.0 })
+}
+
+/// `v` rounded to bf16, nearest even (as `half::bf16::from_f32`, inlined: it runs for
+/// every weight at load and every activation per layer).
+fn bf16_bits(v: f32) -> [u8; 2] {
+    let bits = v.to_bits();
+    let rounded = if v.is_nan() {
+        0x7fc0
+    } else {
+        ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    };
+    rounded.to_le_bytes()
+}
+
+fn bf16_value(bytes: &[u8]) -> f32 {
+    half::bf16::from_bits(u16::from_le_bytes([bytes[0], bytes[1]])).to_f32()
+}
+
+/// Rows of x in a kind's encoding, `stride` bytes each (k padded to whole groups with
+/// the encoding of zero), and their int8 scales.
+pub struct DotRows {
+    stride: usize,
+    bytes: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+/// Encodes every row of `x` (`[m, k]`), rows in parallel.
+pub fn encode_rows(kind: DotKind, x: &[f32], k: usize) -> DotRows {
+    let stride = k.div_ceil(kind.group()) * GROUP_BYTES;
+    let m = x.len() / k;
+    let zero = match kind {
+        DotKind::Int8 => 128u8,
+        DotKind::Bf16 => 0,
+    };
+    let mut bytes = vec![zero; m * stride];
+    let mut scales = vec![1f32; m];
+    let encode = |((out, s), row): ((&mut [u8], &mut f32), &[f32])| match kind {
+        DotKind::Int8 => {
+            let (scale, inverse) = int8_scale(row);
+            *s = scale;
+            for (q, &v) in out.iter_mut().zip(row) {
+                *q = (i32::from(quantize(v, inverse)) + 128) as u8;
+            }
+        }
+        DotKind::Bf16 => {
+            for (q, &v) in out.chunks_exact_mut(2).zip(row) {
+                q.copy_from_slice(&bf16_bits(v));
+            }
+        }
+    };
+    // A decode step's few rows are encoded in microseconds: handing them to other
+    // threads would cost more.
+    if m * k < PARALLEL_ELEMENTS {
+        let rows = bytes
+            .chunks_mut(stride)
+            .zip(scales.iter_mut())
+            .zip(x.chunks(k));
+        rows.for_each(encode);
+    } else {
+        let rows = bytes
+            .par_chunks_mut(stride)
+            .zip(scales.par_iter_mut())
+            .zip(x.par_chunks(k));
+        rows.for_each(encode);
+    }
+    DotRows {
+        stride,
+        bytes,
+        scales,
+    }
+}
+
+#[cfg(test)]
+impl DotRows {
+    /// The rows as the kernels see them, `k` floats each.
+    pub fn decoded(&self, kind: DotKind, k: usize) -> Vec<f32> {
+        self.bytes
+            .chunks_exact(self.stride)
+            .zip(&self.scales)
+            .flat_map(|(row, &s)| {
+                (0..k).map(move |i| match kind {
+                    DotKind::Int8 => (i32::from(row[i]) - 128) as f32 * s,
+                    DotKind::Bf16 => bf16_value(&row[2 * i..]),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A weight matrix `[n, k]` in a kind's grouped panel layout.
+#[derive(Debug, Clone)]
+pub struct DotPanels {
+    kind: DotKind,
+    n: usize,
+    k: usize,
+    /// Groups per row of k.
+    groups: usize,
+    bytes: Vec<u8>,
+    /// int8: the scale of each output, padded with zeros to whole panels.
+    scales: Vec<f32>,
+    /// int8: `128 · Σ_i wq[j, i]` per output (padded likewise).
+    offsets: Vec<i32>,
+}
+
+impl DotPanels {
+    /// Encodes and packs a row-major `[n, k]` matrix.
+    pub fn pack(kind: DotKind, w: &[f32], n: usize, k: usize) -> Self {
+        let g = kind.group();
+        let groups = k.div_ceil(g);
+        let panels = n.div_ceil(PANEL);
+        let panel_bytes = groups * PANEL * GROUP_BYTES;
+        let mut bytes = vec![0u8; panels * panel_bytes];
+        let mut scales = vec![0f32; panels * PANEL];
+        let mut offsets = vec![0i32; panels * PANEL];
+        bytes
+            .par_chunks_mut(panel_bytes)
+            .zip(
+                scales
+                    .par_chunks_mut(PANEL)
+                    .zip(offsets.par_chunks_mut(PANEL)),
+            )
+            .enumerate()
+            .for_each(|(p, (panel, (scales, offsets)))| {
+                let cols = PANEL.min(n - p * PANEL);
+                let rows: Vec<&[f32]> = (0..cols).map(|c| &w[(p * PANEL + c) * k..][..k]).collect();
+                let mut inverse = [0f32; PANEL];
+                if kind == DotKind::Int8 {
+                    for (c, row) in rows.iter().enumerate() {
+                        (scales[c], inverse[c]) = int8_scale(row);
+                    }
+                }
+                let mut sums = [0i32; PANEL];
+                // Written in order, one 4-byte lane after another; the padding past k
+                // and past n stays zero.
+                for (gi, group) in panel.chunks_exact_mut(PANEL * GROUP_BYTES).enumerate() {
+                    let i0 = gi * g;
+                    let width = g.min(k - i0);
+                    for (c, row) in rows.iter().enumerate() {
+                        let lane = &mut group[c * GROUP_BYTES..][..GROUP_BYTES];
+                        let values = &row[i0..i0 + width];
+                        match kind {
+                            DotKind::Int8 => {
+                                for (b, &v) in lane.iter_mut().zip(values) {
+                                    let q = quantize(v, inverse[c]);
+                                    sums[c] += i32::from(q);
+                                    *b = q as u8;
+                                }
+                            }
+                            DotKind::Bf16 => {
+                                for (b, &v) in lane.chunks_exact_mut(2).zip(values) {
+                                    b.copy_from_slice(&bf16_bits(v));
+                                }
+                            }
+                        }
+                    }
+                }
+                for (o, s) in offsets.iter_mut().zip(sums) {
+                    *o = 128 * s;
+                }
+            });
+        Self {
+            kind,
+            n,
+            k,
+            groups,
+            bytes,
+            scales,
+            offsets,
+        }
+    }
+
+    pub fn kind(&self) -> DotKind {
+        self.kind
+    }
+
+    /// Row `j` as stored, decoded.
+    pub fn row(&self, j: usize, out: &mut [f32]) {
+        let g = self.kind.group();
+        let panel = &self.bytes[(j / PANEL) * self.groups * PANEL * GROUP_BYTES..];
+        let c = j % PANEL;
+        for (i, o) in out.iter_mut().enumerate().take(self.k) {
+            let at = ((i / g) * PANEL + c) * GROUP_BYTES + (i % g) * (4 / g);
+            *o = match self.kind {
+                DotKind::Int8 => f32::from(panel[at] as i8) * self.scales[j],
+                DotKind::Bf16 => bf16_value(&panel[at..]),
+            };
+        }
+    }
+
+    /// Output rows `rows` × the columns of `panels`, from `x` encoded by
+    /// [`encode_rows`] with this matrix's kind and k.
+    ///
+    /// # Safety
+    /// `x` holds m rows; `rows ⊂ 0..m`, `panels ⊂ 0..⌈n/16⌉`; `bias`, if any, has n
+    /// entries; `out` is valid for writes of m × n floats (row stride n) and nothing
+    /// else accesses this block of them during the call.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block(
+        &self,
+        kernels: Kernels,
+        x: &DotRows,
+        bias: Option<&[f32]>,
+        act: Option<SliceActivation>,
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        debug_assert_eq!(x.stride, self.groups * GROUP_BYTES);
+        // SAFETY: row r < m of x, panel p < ⌈n/16⌉ with its 16 scales and offsets,
+        // the bias from p·16, and output row r, column p·16 are inside their buffers,
+        // as the caller promised for the rows and panels the tiles are made for.
+        let tile = |r: usize, p: usize| unsafe {
+            Tile {
+                kind: self.kind,
+                x: x.bytes.as_ptr().add(r * x.stride),
+                sx: x.scales.as_ptr().add(r),
+                groups: self.groups,
+                w: self
+                    .bytes
+                    .as_ptr()
+                    .add(p * self.groups * PANEL * GROUP_BYTES),
+                scale: self.scales.as_ptr().add(p * PANEL),
+                offset: self.offsets.as_ptr().add(p * PANEL),
+                bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
+                act,
+                out: out.add(r * self.n + p * PANEL),
+                ldo: self.n,
+                cols: PANEL.min(self.n - p * PANEL),
+            }
+        };
+        let native = self.kind.native(kernels);
+        let mr = if native { MR } else { 1 };
+        let tiles = rows.len().div_ceil(mr);
+        let mut r = rows.start;
+        for tile_index in 0..tiles {
+            let rs = rows.len() / tiles + usize::from(tile_index < rows.len() % tiles);
+            let mut p = panels.start;
+            while p < panels.end {
+                let t0 = tile(r, p);
+                #[cfg(target_arch = "x86_64")]
+                if native {
+                    let t1 = (p + 1 < panels.end).then(|| tile(r, p + 1));
+                    // SAFETY: the tiles hold for rs ≤ MR rows (above); `kernels`
+                    // exists only for sets the CPU has, and `native` says it has the
+                    // kind's instruction.
+                    unsafe { simd::run(&t0, t1.as_ref(), rs) };
+                    p += 2;
+                    continue;
+                }
+                // SAFETY: the tile holds for rs rows.
+                unsafe { t0.portable(rs) };
+                p += 1;
+            }
+            r += rs;
+        }
+    }
+}
+
+/// One kernel call: some rows of encoded x against one panel.
+///
+/// Invariant (upheld in [`DotPanels::block`]): `x` is valid for reads of the tile's rows
+/// of `groups · 4` bytes (row stride `groups · 4`) and `sx` of their scales; `w` for
+/// `groups · 64` bytes; `scale` and `offset` for 16 values; `bias`, if any, for `cols`;
+/// `out` for writes of the rows' `cols` floats (row stride `ldo`), nothing else
+/// accessing them meanwhile; `cols ≤ 16`.
+struct Tile {
+    kind: DotKind,
+    x: *const u8,
+    sx: *const f32,
+    groups: usize,
+    w: *const u8,
+    scale: *const f32,
+    offset: *const i32,
+    bias: Option<*const f32>,
+    act: Option<SliceActivation>,
+    out: *mut f32,
+    ldo: usize,
+    cols: usize,
+}
+
+impl Tile {
+    /// The same sums without SIMD.
+    ///
+    /// # Safety
+    /// The tile's invariant holds for `rows` rows.
+    unsafe fn portable(&self, rows: usize) {
+        let stride = self.groups * GROUP_BYTES;
+        // SAFETY: as the invariant says.
+        let (x, w) = unsafe {
+            (
+                std::slice::from_raw_parts(self.x, rows * stride),
+                std::slice::from_raw_parts(self.w, stride * PANEL),
+            )
+        };
+        for r in 0..rows {
+            let xr = &x[r * stride..][..stride];
+            let lanes = xr
+                .chunks_exact(GROUP_BYTES)
+                .zip(w.chunks_exact(PANEL * GROUP_BYTES));
+            match self.kind {
+                DotKind::Int8 => {
+                    let mut acc = [0i32; PANEL];
+                    for (xg, wg) in lanes {
+                        for (a, wc) in acc.iter_mut().zip(wg.chunks_exact(GROUP_BYTES)) {
+                            for (&xv, &wv) in xg.iter().zip(wc) {
+                                *a += i32::from(xv) * i32::from(wv as i8);
+                            }
+                        }
+                    }
+                    // SAFETY: r < rows.
+                    unsafe { self.finish_int8(r, &acc) };
+                }
+                DotKind::Bf16 => {
+                    let mut acc = [0f32; PANEL];
+                    for (xg, wg) in lanes {
+                        let (x0, x1) = (bf16_value(&xg[..2]), bf16_value(&xg[2..]));
+                        for (a, wc) in acc.iter_mut().zip(wg.chunks_exact(GROUP_BYTES)) {
+                            *a += x0 * bf16_value(&wc[..2]) + x1 * bf16_value(&wc[2..]);
+                        }
+                    }
+                    // SAFETY: r < rows.
+                    unsafe { self.finish(r, &mut acc) };
+                }
+            }
+        }
+    }
+
+    /// int8: `sx · s · (acc − offset)`, then [`Self::finish`].
+    ///
+    /// # Safety
+    /// The tile's invariant holds for more than `r` rows.
+    unsafe fn finish_int8(&self, r: usize, acc: &[i32; PANEL]) {
+        // SAFETY: as the invariant says.
+        let (sx, scale, offset) = unsafe {
+            (
+                *self.sx.add(r),
+                std::slice::from_raw_parts(self.scale, PANEL),
+                std::slice::from_raw_parts(self.offset, PANEL),
+            )
+        };
+        let mut row = [0f32; PANEL];
+        for c in 0..PANEL {
+            row[c] = (acc[c] - offset[c]) as f32 * sx * scale[c];
+        }
+        // SAFETY: as the caller promised.
+        unsafe { self.finish(r, &mut row) };
+    }
+
+    /// Adds the bias, applies the activation and writes output row `r`.
+    ///
+    /// # Safety
+    /// The tile's invariant holds for more than `r` rows.
+    unsafe fn finish(&self, r: usize, row: &mut [f32; PANEL]) {
+        if let Some(b) = self.bias {
+            // SAFETY: the bias pointer is valid for `cols` floats.
+            let b = unsafe { std::slice::from_raw_parts(b, self.cols) };
+            for (v, &bc) in row.iter_mut().zip(b) {
+                *v += bc;
+            }
+        }
+        if let Some(act) = self.act {
+            act(&mut row[..self.cols]);
+        }
+        // SAFETY: output row r has `cols` writable floats; `row` is the caller's local.
+        unsafe {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), self.out.add(r * self.ldo), self.cols)
+        };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{DotKind, Tile, GROUP_BYTES, PANEL};
+    use std::arch::x86_64::*;
+
+    /// `rows` (1 ≤ rows ≤ 12) rows against one or two panels, with the kind's
+    /// instruction.
+    ///
+    /// # Safety
+    /// The invariants of `t0` and `t1` (if any) hold for `rows` rows, and they share x
+    /// and the kind; the CPU has AVX-512F/BW and the kind's instruction (VNNI or BF16).
+    pub unsafe fn run(t0: &Tile, t1: Option<&Tile>, rows: usize) {
+        macro_rules! dispatch {
+            ($kernel:ident: $($r:literal)*) => {
+                match (rows, t1) {
+                    $(
+                        ($r, Some(t1)) => $kernel::<$r, true>(t0, t1),
+                        ($r, None) => $kernel::<$r, false>(t0, t0),
+                    )*
+                    _ => unreachable!("tile of {rows} rows"),
+                }
+            };
+        }
+        // SAFETY: as the caller promised, with R = rows and the kernel of the kind.
+        unsafe {
+            match t0.kind {
+                DotKind::Int8 => dispatch!(int8: 1 2 3 4 5 6 7 8 9 10 11 12),
+                DotKind::Bf16 => dispatch!(bf16: 1 2 3 4 5 6 7 8 9 10 11 12),
+            }
+        }
+    }
+
+    /// The 64 weight bytes of group `g` of a panel.
+    ///
+    /// # Safety
+    /// The panel holds more than `g` groups; the CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weights(w: *const u8, g: usize) -> __m512i {
+        // SAFETY: as the caller promised.
+        unsafe { _mm512_loadu_si512(w.add(g * PANEL * GROUP_BYTES).cast()) }
+    }
+
+    /// Group `g` of x row `r`, broadcast to every lane.
+    ///
+    /// # Safety
+    /// Row `r` of the tile's x holds more than `g` groups; the CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn x_group(t: &Tile, r: usize, g: usize) -> __m512i {
+        let stride = t.groups * GROUP_BYTES;
+        // SAFETY: as the caller promised.
+        unsafe {
+            _mm512_set1_epi32(
+                t.x.add(r * stride + g * GROUP_BYTES)
+                    .cast::<i32>()
+                    .read_unaligned(),
+            )
+        }
+    }
+
+    /// int8: `R` rows × one panel, or two (`TWO`: `t1` is the second).
+    ///
+    /// # Safety
+    /// As [`run`] with `R` rows, kind int8.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn int8<const R: usize, const TWO: bool>(t0: &Tile, t1: &Tile) {
+        let mut acc = [[_mm512_setzero_si512(); 2]; R];
+        for g in 0..t0.groups {
+            // SAFETY: both panels and every row hold `groups` groups.
+            unsafe {
+                let w0 = weights(t0.w, g);
+                let w1 = weights(t1.w, g);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = x_group(t0, r, g);
+                    a[0] = _mm512_dpbusd_epi32(a[0], xv, w0);
+                    if TWO {
+                        a[1] = _mm512_dpbusd_epi32(a[1], xv, w1);
+                    }
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let mut lanes = [0i32; PANEL];
+            // SAFETY: `lanes` holds 16 i32; r < R.
+            unsafe {
+                _mm512_storeu_si512(lanes.as_mut_ptr().cast(), a[0]);
+                t0.finish_int8(r, &lanes);
+                if TWO {
+                    _mm512_storeu_si512(lanes.as_mut_ptr().cast(), a[1]);
+                    t1.finish_int8(r, &lanes);
+                }
+            }
+        }
+    }
+
+    /// bf16: `R` rows × one panel, or two (`TWO`: `t1` is the second).
+    ///
+    /// # Safety
+    /// As [`run`] with `R` rows, kind bf16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn bf16<const R: usize, const TWO: bool>(t0: &Tile, t1: &Tile) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for g in 0..t0.groups {
+            // SAFETY: both panels and every row hold `groups` groups; __m512i and
+            // __m512bh are the same 64 bytes.
+            unsafe {
+                let w0: __m512bh = std::mem::transmute(weights(t0.w, g));
+                let w1: __m512bh = std::mem::transmute(weights(t1.w, g));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv: __m512bh = std::mem::transmute(x_group(t0, r, g));
+                    a[0] = _mm512_dpbf16_ps(a[0], xv, w0);
+                    if TWO {
+                        a[1] = _mm512_dpbf16_ps(a[1], xv, w1);
+                    }
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let mut lanes = [0f32; PANEL];
+            // SAFETY: `lanes` holds 16 floats; r < R.
+            unsafe {
+                _mm512_storeu_ps(lanes.as_mut_ptr(), a[0]);
+                t0.finish(r, &mut lanes);
+                if TWO {
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), a[1]);
+                    t1.finish(r, &mut lanes);
+                }
+            }
+        }
+    }
+}
