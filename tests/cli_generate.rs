@@ -116,3 +116,32 @@ fn invalid_parameters_fail_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
 }
+
+/// `--dtype int8` and `bf16` run from the command line and say so in `--timings`; an
+/// unknown dtype is refused by name.
+#[test]
+fn low_precision_dtypes_run_and_unknown_ones_are_refused() {
+    let model = model_dir("bert2bert");
+    for dtype in ["bf16", "int8"] {
+        let out = run_generate(
+            &[
+                "--model",
+                model.to_str().unwrap(),
+                "--dtype",
+                dtype,
+                "--timings",
+            ],
+            "{\"id\": 1, \"text\": \"Hello world.\"}\n",
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{dtype}: {err}");
+        assert!(err.contains(&format!("\"dtype\":\"{dtype}\"")), "{err}");
+        let line: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        assert_eq!(line["id"], 1, "{line}");
+        assert!(!line["ids"][0].as_array().unwrap().is_empty(), "{line}");
+    }
+    let out = run_generate(&["--model", model.to_str().unwrap(), "--dtype", "int4"], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("int4"));
+}
