@@ -21,6 +21,7 @@ use encdec::checkpoint::dtype::RunDtype;
 use encdec::engine::{Engine, EngineOptions};
 use encdec::eval::agreement::Agreement;
 use encdec::generation::{GenerationOverrides, NoObserver, Outcome};
+use encdec::model::CrossBatch;
 use test_common::{fixture_sequences, model_dir, MODELS};
 
 const LOW: [RunDtype; 2] = [RunDtype::Bf16, RunDtype::Int8];
@@ -126,6 +127,24 @@ fn own_checkpoint(args: &[String], dir: PathBuf) -> Result<()> {
         .iter()
         .map(|&d| Ok(compare(&want, &run(d)?)))
         .collect::<Result<_>>()?;
+    // Next-token agreement without the cascade: every dtype fed f32's outputs as the
+    // prefix, its argmax compared with f32's at each position.
+    let encoded: Vec<Vec<u32>> = {
+        let e = engine(&dir, RunDtype::F32)?;
+        inputs
+            .iter()
+            .map(|t| e.encode(t, None))
+            .collect::<Result<_, _>>()?
+    };
+    let reference = teacher_forced(&engine(&dir, RunDtype::F32)?, &encoded, &want)?;
+    let forced: Vec<f64> = LOW
+        .iter()
+        .map(|&d| {
+            let got = teacher_forced(&engine(&dir, d)?, &encoded, &want)?;
+            let same = got.iter().zip(&reference).filter(|(a, b)| a == b).count();
+            Ok(same as f64 / reference.len().max(1) as f64)
+        })
+        .collect::<Result<_>>()?;
     println!();
     println!(
         "{}: {} inputs, num_beams {:?}, max_new_tokens {:?}",
@@ -137,7 +156,35 @@ fn own_checkpoint(args: &[String], dir: PathBuf) -> Result<()> {
     println!("| checkpoint | bf16: identical | bf16: token agreement | int8: identical | int8: token agreement |");
     println!("|---|---|---|---|---|");
     row(&dir.display().to_string(), &tallies);
+    println!();
+    println!(
+        "next-token agreement with f32, teacher-forced on f32's outputs ({} positions): \
+         bf16 {:.3}, int8 {:.3}",
+        reference.len(),
+        forced[0],
+        forced[1]
+    );
     Ok(())
+}
+
+/// The argmax next token at every position of `outputs` (each input's best sequence,
+/// from its decoder start token), with that sequence fed as the prefix.
+fn teacher_forced(e: &Engine, inputs: &[Vec<u32>], outputs: &[Vec<u32>]) -> Result<Vec<u32>> {
+    let model = e.model();
+    let mut argmax = Vec::new();
+    for (input, output) in inputs.iter().zip(outputs) {
+        let enc = model.encode(std::slice::from_ref(input))?;
+        let cross = CrossBatch::new(vec![&enc[0]], vec![1]);
+        let mut state = model.new_decoder_state();
+        state.add_rows(1);
+        for &token in &output[..output.len().saturating_sub(1)] {
+            let logits = model.decode_step(&[token], &mut state, &cross)?;
+            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+            let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]));
+            argmax.push(best.unwrap_or(0) as u32);
+        }
+    }
+    Ok(argmax)
 }
 
 fn main() -> Result<()> {
