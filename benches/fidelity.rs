@@ -50,14 +50,6 @@ fn row(name: &str, tallies: &[Agreement]) {
     println!("| {name} | {} |", cells.join(" | "));
 }
 
-fn compare(want: &[Vec<u32>], got: &[Vec<u32>]) -> Agreement {
-    let mut a = Agreement::default();
-    for (g, w) in got.iter().zip(want) {
-        a.add(g, w);
-    }
-    a
-}
-
 fn fixtures() -> Result<()> {
     println!("| fixture family | bf16: identical | bf16: token agreement | int8: identical | int8: token agreement |");
     println!("|---|---|---|---|---|");
@@ -73,7 +65,7 @@ fn fixtures() -> Result<()> {
         let want = ids(RunDtype::F32)?;
         let tallies: Vec<Agreement> = LOW
             .iter()
-            .map(|&d| Ok(compare(&want, &ids(d)?)))
+            .map(|&d| Ok(Agreement::between(&ids(d)?, &want)))
             .collect::<Result<_>>()?;
         for (t, a) in totals.iter_mut().zip(&tallies) {
             t.merge(a);
@@ -104,47 +96,45 @@ fn own_checkpoint(args: &[String], dir: PathBuf) -> Result<()> {
         max_new_tokens: Some(arg(args, "--max-new-tokens", 32)?),
         ..GenerationOverrides::default()
     };
-    let run = |d| -> Result<Vec<Vec<u32>>> {
+    // Per dtype, one load: the generated sequences, and the argmax next tokens with
+    // f32's outputs fed as the prefix (agreement without the cascade).
+    let run = |d, prefixes: Option<&[Vec<u32>]>| -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
         let e = engine(&dir, d)?;
         let cfg = e.defaults().with_overrides(&overrides)?;
+        let encoded: Vec<Vec<u32>> = inputs
+            .iter()
+            .map(|t| e.encode(t, None))
+            .collect::<Result<_, _>>()?;
         let mut out = Vec::new();
-        for chunk in inputs.chunks(8) {
-            let batch: Vec<Vec<u32>> = chunk
-                .iter()
-                .map(|t| e.encode(t, None).map_err(anyhow::Error::from))
-                .collect::<Result<_>>()?;
-            for o in e.generate_ids(&batch, &cfg, &NoObserver)? {
+        for batch in encoded.chunks(8) {
+            for o in e.generate_ids(batch, &cfg, &NoObserver)? {
                 let Outcome::Finished(hyps) = o else {
                     anyhow::bail!("cancelled")
                 };
                 out.extend(hyps.into_iter().map(|h| h.ids));
             }
         }
-        Ok(out)
+        let forced = teacher_forced(&e, &encoded, prefixes.unwrap_or(&out))?;
+        Ok((out, forced))
     };
-    let want = run(RunDtype::F32)?;
-    let tallies: Vec<Agreement> = LOW
-        .iter()
-        .map(|&d| Ok(compare(&want, &run(d)?)))
-        .collect::<Result<_>>()?;
-    // Next-token agreement without the cascade: every dtype fed f32's outputs as the
-    // prefix, its argmax compared with f32's at each position.
-    let encoded: Vec<Vec<u32>> = {
-        let e = engine(&dir, RunDtype::F32)?;
-        inputs
-            .iter()
-            .map(|t| e.encode(t, None))
-            .collect::<Result<_, _>>()?
-    };
-    let reference = teacher_forced(&engine(&dir, RunDtype::F32)?, &encoded, &want)?;
-    let forced: Vec<f64> = LOW
+    let (want, reference) = run(RunDtype::F32, None)?;
+    let (tallies, forced): (Vec<Agreement>, Vec<f64>) = LOW
         .iter()
         .map(|&d| {
-            let got = teacher_forced(&engine(&dir, d)?, &encoded, &want)?;
-            let same = got.iter().zip(&reference).filter(|(a, b)| a == b).count();
-            Ok(same as f64 / reference.len().max(1) as f64)
+            let (got, argmax) = run(d, Some(&want))?;
+            let same = argmax
+                .iter()
+                .zip(&reference)
+                .filter(|(a, b)| a == b)
+                .count();
+            Ok((
+                Agreement::between(&got, &want),
+                same as f64 / reference.len().max(1) as f64,
+            ))
         })
-        .collect::<Result<_>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     println!();
     println!(
         "{}: {} inputs, num_beams {:?}, max_new_tokens {:?}",

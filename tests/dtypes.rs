@@ -26,11 +26,10 @@ fn against_f32(dtype: RunDtype) -> Agreement {
         let want = fixture_sequences(&engine(model, RunDtype::F32), model);
         let got = fixture_sequences(&engine(model, dtype), model);
         assert_eq!(got.len(), want.len(), "{model}: number of sequences");
-        let mut tally = Agreement::default();
-        for ((gid, g), (wid, w)) in got.iter().zip(&want) {
-            assert_eq!(gid, wid);
-            tally.add(g, w);
-        }
+        let (gids, got): (Vec<String>, Vec<Vec<u32>>) = got.into_iter().unzip();
+        let (wids, want): (Vec<String>, Vec<Vec<u32>>) = want.into_iter().unzip();
+        assert_eq!(gids, wids);
+        let tally = Agreement::between(&got, &want);
         eprintln!(
             "{model} {dtype}: {}/{} identical, token agreement {:.3}",
             tally.identical,

@@ -27,6 +27,15 @@ impl Agreement {
         };
     }
 
+    /// The tally of `got[i]` against `want[i]` for every pair.
+    pub fn between(got: &[Vec<u32>], want: &[Vec<u32>]) -> Self {
+        let mut a = Self::default();
+        for (g, w) in got.iter().zip(want) {
+            a.add(g, w);
+        }
+        a
+    }
+
     /// Adds another tally.
     pub fn merge(&mut self, other: &Agreement) {
         self.sequences += other.sequences;
@@ -68,6 +77,9 @@ mod tests {
         assert_eq!(a.sequences, 3);
         assert!((a.identical_share() - 1.0 / 3.0).abs() < 1e-12);
         assert!((a.token_agreement() - (1.0 + 0.75 + 0.5) / 3.0).abs() < 1e-12);
+        let pairs = Agreement::between(&[vec![1, 2], vec![5]], &[vec![1, 3], vec![5]]);
+        assert_eq!((pairs.sequences, pairs.identical), (2, 1));
+        assert!((pairs.token_agreement() - 0.75).abs() < 1e-12);
         let mut total = Agreement::default();
         total.merge(&a);
         total.merge(&a);

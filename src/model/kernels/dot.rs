@@ -27,7 +27,8 @@ use rayon::prelude::*;
 
 use super::activation::SliceActivation;
 use super::dispatch::Kernels;
-use super::packed::PANEL;
+use super::epilogue::{for_each_tile, Epilogue, PANEL};
+use super::rounding::{bf16_bits, int8_scale, quantize};
 
 /// Bytes per group: one 32-bit lane.
 const GROUP_BYTES: usize = 4;
@@ -65,31 +66,6 @@ impl DotKind {
             DotKind::Bf16 => kernels.has_avx512_bf16(),
         }
     }
-}
-
-/// Round half away from zero to an int8 step (`f32::round` is a libm call on baseline
-/// x86-64, and this runs for every weight at load and every activation per layer).
-fn quantize(v: f32, inverse_scale: f32) -> i8 {
-    let t = v * inverse_scale;
-    (t + 0.5f32.copysign(t)).clamp(-127.0, 127.0) as i8
-}
-
-/// `(max |row| / 127, 127 / max |row|)`, the inverse 0 for an all-zero row.
-fn int8_scale(row: &[f32]) -> (f32, f32) {
-    let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-    (amax / 127.0, if amax > 0.0 { 127.0 / amax } else { 0.0 })
-}
-
-/// `v` rounded to bf16, nearest even (as `half::bf16::from_f32`, inlined: it runs for
-/// every weight at load and every activation per layer).
-fn bf16_bits(v: f32) -> [u8; 2] {
-    let bits = v.to_bits();
-    let rounded = if v.is_nan() {
-        0x7fc0
-    } else {
-        ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
-    };
-    rounded.to_le_bytes()
 }
 
 fn bf16_value(bytes: &[u8]) -> f32 {
@@ -135,7 +111,7 @@ pub fn encode_rows(kind: DotKind, x: &[f32], k: usize) -> DotRows {
         }
         DotKind::Bf16 => {
             for (q, &v) in out.chunks_exact_mut(2).zip(row) {
-                q.copy_from_slice(&bf16_bits(v));
+                q.copy_from_slice(&bf16_bits(v).to_le_bytes());
             }
         }
     };
@@ -241,7 +217,7 @@ impl DotPanels {
                             }
                             DotKind::Bf16 => {
                                 for (b, &v) in lane.chunks_exact_mut(2).zip(values) {
-                                    b.copy_from_slice(&bf16_bits(v));
+                                    b.copy_from_slice(&bf16_bits(v).to_le_bytes());
                                 }
                             }
                         }
@@ -312,16 +288,19 @@ impl DotPanels {
                     .bytes
                     .as_ptr()
                     .add(p * self.groups * PANEL * GROUP_BYTES),
-                scale: self.scales.as_ptr().add(p * PANEL),
                 offset: self
                     .offsets
                     .as_ptr()
                     .add(p * blocks_of(self.groups) * PANEL),
-                bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
-                act,
-                out: out.add(r * self.n + p * PANEL),
-                ldo: self.n,
-                cols: PANEL.min(self.n - p * PANEL),
+                epilogue: Epilogue {
+                    scale: (self.kind == DotKind::Int8)
+                        .then(|| self.scales.as_ptr().add(p * PANEL)),
+                    bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
+                    act,
+                    out: out.add(r * self.n + p * PANEL),
+                    ldo: self.n,
+                    cols: PANEL.min(self.n - p * PANEL),
+                },
             }
         };
         let native = self.kind.native(kernels);
@@ -330,29 +309,19 @@ impl DotPanels {
             (true, DotKind::Int8) => MR_INT8,
             (true, DotKind::Bf16) => MR,
         };
-        let tiles = rows.len().div_ceil(mr);
-        let mut r = rows.start;
-        for tile_index in 0..tiles {
-            let rs = rows.len() / tiles + usize::from(tile_index < rows.len() % tiles);
-            let mut p = panels.start;
-            while p < panels.end {
-                let t0 = tile(r, p);
-                #[cfg(target_arch = "x86_64")]
-                if native {
-                    let t1 = (p + 1 < panels.end).then(|| tile(r, p + 1));
-                    // SAFETY: the tiles hold for rs ≤ MR rows (above); `kernels`
-                    // exists only for sets the CPU has, and `native` says it has the
-                    // kind's instruction.
-                    unsafe { simd::run(&t0, t1.as_ref(), rs) };
-                    p += 2;
-                    continue;
-                }
-                // SAFETY: the tile holds for rs rows.
-                unsafe { t0.portable(rs) };
-                p += 1;
+        for_each_tile(rows, panels, mr, native, |r, rs, p, second| {
+            let t0 = tile(r, p);
+            #[cfg(target_arch = "x86_64")]
+            if native {
+                let t1 = second.map(|p1| tile(r, p1));
+                // SAFETY: the tiles hold for rs ≤ MR rows (above); `kernels` exists only
+                // for sets the CPU has, and `native` says it has the kind's instruction.
+                unsafe { simd::run(&t0, t1.as_ref(), rs) };
+                return;
             }
-            r += rs;
-        }
+            // SAFETY: the tile holds for rs rows.
+            unsafe { t0.portable(rs) };
+        });
     }
 }
 
@@ -360,23 +329,16 @@ impl DotPanels {
 ///
 /// Invariant (upheld in [`DotPanels::block`]): `x` is valid for reads of the tile's rows
 /// of `groups · 4` bytes (row stride `groups · 4`) and `sx` of their block scales (row
-/// stride: blocks); `w` for `groups · 64` bytes; `scale` for 16 values and `offset` for
-/// 16 per block; `bias`, if any, for `cols`;
-/// `out` for writes of the rows' `cols` floats (row stride `ldo`), nothing else
-/// accessing them meanwhile; `cols ≤ 16`.
+/// stride: blocks); `w` for `groups · 64` bytes; `offset` for 16 per block; the
+/// epilogue's for the tile's rows (its scales: int8 only).
 struct Tile {
     kind: DotKind,
     x: *const u8,
     sx: *const f32,
     groups: usize,
     w: *const u8,
-    scale: *const f32,
     offset: *const i32,
-    bias: Option<*const f32>,
-    act: Option<SliceActivation>,
-    out: *mut f32,
-    ldo: usize,
-    cols: usize,
+    epilogue: Epilogue,
 }
 
 impl Tile {
@@ -415,7 +377,7 @@ impl Tile {
                         unsafe { self.add_block(r, b, &acc, &mut total) };
                     }
                     // SAFETY: r < rows.
-                    unsafe { self.finish_int8(r, &mut total) };
+                    unsafe { self.epilogue.finish(r, &mut total) };
                 }
                 DotKind::Bf16 => {
                     let mut acc = [0f32; PANEL];
@@ -426,7 +388,7 @@ impl Tile {
                         }
                     }
                     // SAFETY: r < rows.
-                    unsafe { self.finish(r, &mut acc) };
+                    unsafe { self.epilogue.finish(r, &mut acc) };
                 }
             }
         }
@@ -449,41 +411,6 @@ impl Tile {
         for c in 0..PANEL {
             total[c] = ((acc[c] - offset[c]) as f32).mul_add(sx, total[c]);
         }
-    }
-
-    /// int8: `s · total`, then [`Self::finish`].
-    ///
-    /// # Safety
-    /// The tile's invariant holds for more than `r` rows.
-    unsafe fn finish_int8(&self, r: usize, total: &mut [f32; PANEL]) {
-        // SAFETY: as the invariant says.
-        let scale = unsafe { std::slice::from_raw_parts(self.scale, PANEL) };
-        for (t, &s) in total.iter_mut().zip(scale) {
-            *t *= s;
-        }
-        // SAFETY: as the caller promised.
-        unsafe { self.finish(r, total) };
-    }
-
-    /// Adds the bias, applies the activation and writes output row `r`.
-    ///
-    /// # Safety
-    /// The tile's invariant holds for more than `r` rows.
-    unsafe fn finish(&self, r: usize, row: &mut [f32; PANEL]) {
-        if let Some(b) = self.bias {
-            // SAFETY: the bias pointer is valid for `cols` floats.
-            let b = unsafe { std::slice::from_raw_parts(b, self.cols) };
-            for (v, &bc) in row.iter_mut().zip(b) {
-                *v += bc;
-            }
-        }
-        if let Some(act) = self.act {
-            act(&mut row[..self.cols]);
-        }
-        // SAFETY: output row r has `cols` writable floats; `row` is the caller's local.
-        unsafe {
-            std::ptr::copy_nonoverlapping(row.as_ptr(), self.out.add(r * self.ldo), self.cols)
-        };
     }
 }
 
@@ -515,38 +442,6 @@ mod simd {
             match t0.kind {
                 DotKind::Int8 => dispatch!(int8: 1 2 3 4 5 6),
                 DotKind::Bf16 => dispatch!(bf16: 1 2 3 4 5 6 7 8 9 10 11 12),
-            }
-        }
-    }
-
-    /// Writes row `r` of a tile from a register: times the int8 scales (`scaled`), plus
-    /// the bias, then the activation in place. The same operations in the same order as
-    /// [`Tile::finish_int8`] and [`Tile::finish`], which a partial panel goes through;
-    /// doing them in scalar code cost a sixth of an int8 decode step.
-    ///
-    /// # Safety
-    /// The tile's invariant holds for more than `r` rows; the CPU has AVX-512F.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn store(t: &Tile, r: usize, mut v: __m512, scaled: bool) {
-        // SAFETY: the scales are valid for 16 floats, and with cols = 16 the bias and
-        // output row r are too; nothing else accesses that row meanwhile.
-        unsafe {
-            if scaled {
-                v = _mm512_mul_ps(v, _mm512_loadu_ps(t.scale));
-            }
-            if t.cols < PANEL {
-                let mut lanes = [0f32; PANEL];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), v);
-                return t.finish(r, &mut lanes);
-            }
-            if let Some(b) = t.bias {
-                v = _mm512_add_ps(v, _mm512_loadu_ps(b));
-            }
-            let out = t.out.add(r * t.ldo);
-            _mm512_storeu_ps(out, v);
-            if let Some(act) = t.act {
-                act(std::slice::from_raw_parts_mut(out, PANEL));
             }
         }
     }
@@ -623,9 +518,9 @@ mod simd {
         for (r, t) in total.iter().enumerate() {
             // SAFETY: r < R.
             unsafe {
-                store(t0, r, t[0], true);
+                t0.epilogue.store512(r, t[0]);
                 if TWO {
-                    store(t1, r, t[1], true);
+                    t1.epilogue.store512(r, t[1]);
                 }
             }
         }
@@ -656,9 +551,9 @@ mod simd {
         for (r, a) in acc.iter().enumerate() {
             // SAFETY: r < R.
             unsafe {
-                store(t0, r, a[0], false);
+                t0.epilogue.store512(r, a[0]);
                 if TWO {
-                    store(t1, r, a[1], false);
+                    t1.epilogue.store512(r, a[1]);
                 }
             }
         }

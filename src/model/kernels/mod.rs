@@ -11,5 +11,7 @@ pub mod cpu;
 pub mod cross_attention;
 pub mod dispatch;
 pub mod dot;
+mod epilogue;
 pub mod packed;
+mod rounding;
 pub mod small_attention;

@@ -25,9 +25,8 @@ use rayon::prelude::*;
 use super::activation::SliceActivation;
 use super::dispatch::Kernels;
 use super::dot::{encode_rows, DotKind, DotPanels};
-
-/// Outputs per panel (two AVX vectors).
-pub(super) const PANEL: usize = 16;
+use super::epilogue::{for_each_tile, Epilogue, PANEL};
+use super::rounding::{bf16_bits, int8_scale, quantize};
 /// Rows per microkernel call (12 accumulators + 2 weight vectors + 1 broadcast = 15 of
 /// the 16 AVX registers).
 const MR: usize = 6;
@@ -109,27 +108,14 @@ impl PackedWeight {
             WeightFormat::Bf16 if Kernels::chosen().has_avx512_bf16() => {
                 Panels::Dot(DotPanels::pack(DotKind::Bf16, w, n, k))
             }
-            WeightFormat::Bf16 => Panels::Bf16(pack_panels(w, n, k, |_, v| {
-                half::bf16::from_f32(v).to_bits()
-            })),
+            WeightFormat::Bf16 => Panels::Bf16(pack_panels(w, n, k, |_, v| bf16_bits(v))),
             WeightFormat::Int8 if Kernels::chosen().has_avx512_vnni() => {
                 Panels::Dot(DotPanels::pack(DotKind::Int8, w, n, k))
             }
             WeightFormat::Int8 => {
-                let mut scales: Vec<f32> = w
-                    .par_chunks(k)
-                    .map(|row| row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0)
-                    .collect();
-                let inverse: Vec<f32> = scales
-                    .iter()
-                    .map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 })
-                    .collect();
-                // Round half away from zero by truncating v/s ± 0.5: `f32::round` is a
-                // libm call on baseline x86-64 and was a third of the packing time.
-                let values = pack_panels(w, n, k, |j, v| {
-                    let q = v * inverse[j];
-                    (q + 0.5f32.copysign(q)).clamp(-127.0, 127.0) as i8
-                });
+                let (mut scales, inverse): (Vec<f32>, Vec<f32>) =
+                    w.par_chunks(k).map(int8_scale).unzip();
+                let values = pack_panels(w, n, k, |j, v| quantize(v, inverse[j]));
                 scales.resize(n.div_ceil(PANEL) * PANEL, 0.0);
                 Panels::Int8 { values, scales }
             }
@@ -301,26 +287,26 @@ impl PackedWeight {
         panels: std::ops::Range<usize>,
         out: SendPtr,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if kernels.has_avx512() {
-            // SAFETY: as the caller promised.
-            unsafe { self.block_avx512(kernels, x, bias, act, rows, panels, out) };
-            return;
-        }
-        // Tiles as even as possible (32 rows: 6+6+5+5+5+5, not 6×5+2): a tile of one or
-        // two rows has too few accumulators to hide the FMA latency.
-        let tiles = rows.len().div_ceil(MR);
-        let mut r = rows.start;
-        for tile_index in 0..tiles {
-            let mr = rows.len() / tiles + usize::from(tile_index < rows.len() % tiles);
-            for p in panels.clone() {
-                // SAFETY: r..r + mr lies inside the block's rows and p inside its
-                // panels, as `tile_at` requires; the tile's invariant then holds for mr
-                // rows.
-                unsafe { self.tile_at(x, bias, act, r, p, out).run(kernels, mr) };
+        // AVX-512: tiles of up to 12 rows × two panels (24 zmm accumulators), so every
+        // broadcast x value feeds two FMAs and every weight vector twelve.
+        let avx512 = cfg!(target_arch = "x86_64") && kernels.has_avx512();
+        let mr = if avx512 { 12 } else { MR };
+        for_each_tile(rows, panels, mr, avx512, |r, rs, p, second| {
+            // SAFETY: r..r + rs lies inside the block's rows and p (and the second
+            // panel) inside its panels, as `tile_at` requires; the tiles' invariants
+            // then hold for rs rows.
+            unsafe {
+                let t0 = self.tile_at(x, bias, act, r, p, out);
+                #[cfg(target_arch = "x86_64")]
+                if avx512 {
+                    let t1 = second.map(|p1| self.tile_at(x, bias, act, r, p1, out));
+                    // `kernels` exists only for sets this CPU supports, and this one
+                    // has AVX-512F, AVX2 and FMA.
+                    return avx512::run(&t0, t1.as_ref(), rs);
+                }
+                t0.run(kernels, rs)
             }
-            r += mr;
-        }
+        });
     }
 }
 
@@ -351,57 +337,15 @@ impl PackedWeight {
                 k,
                 format,
                 w: values.add(p * k * PANEL * format.bytes()),
-                scale: scales.map(|s| s.as_ptr().add(p * PANEL)),
-                bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
-                act,
-                out: out.0.add(r * n + p * PANEL),
-                ldo: n,
-                cols: PANEL.min(n - p * PANEL),
+                epilogue: Epilogue {
+                    scale: scales.map(|s| s.as_ptr().add(p * PANEL)),
+                    bias: bias.map(|b| b.as_ptr().add(p * PANEL)),
+                    act,
+                    out: out.0.add(r * n + p * PANEL),
+                    ldo: n,
+                    cols: PANEL.min(n - p * PANEL),
+                },
             }
-        }
-    }
-
-    /// [`Self::block`] with the AVX-512 microkernel: tiles of up to 12 rows × two
-    /// panels (24 zmm accumulators), so every broadcast x value feeds two FMAs and
-    /// every weight vector twelve.
-    ///
-    /// # Safety
-    /// As [`Self::block`]; `kernels.has_avx512()`.
-    #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block_avx512(
-        &self,
-        kernels: Kernels,
-        x: &[f32],
-        bias: Option<&[f32]>,
-        act: Option<SliceActivation>,
-        rows: std::ops::Range<usize>,
-        panels: std::ops::Range<usize>,
-        out: SendPtr,
-    ) {
-        assert!(kernels.has_avx512());
-        let tiles = rows.len().div_ceil(avx512::MR);
-        let mut r = rows.start;
-        for tile_index in 0..tiles {
-            let mr = rows.len() / tiles + usize::from(tile_index < rows.len() % tiles);
-            let mut p = panels.start;
-            while p < panels.end {
-                // SAFETY: r..r + mr lies inside the block's rows and p (and p + 1 when
-                // it is used) inside its panels, as `tile_at` requires.
-                let t0 = unsafe { self.tile_at(x, bias, act, r, p, out) };
-                let t1 = if p + 1 < panels.end {
-                    // SAFETY: as for t0, with p + 1 inside the block's panels.
-                    Some(unsafe { self.tile_at(x, bias, act, r, p + 1, out) })
-                } else {
-                    None
-                };
-                // SAFETY: the tiles' invariants hold for mr rows (above); `kernels`
-                // exists only for sets this CPU supports, and this one has AVX-512F,
-                // AVX2 and FMA (asserted above).
-                unsafe { avx512::run(&t0, t1.as_ref(), mr) };
-                p += 2;
-            }
-            r += mr;
         }
     }
 }
@@ -466,21 +410,14 @@ unsafe impl Sync for SendPtr {}
 /// One microkernel call: `mr` (≤ 6) rows of x against one panel.
 ///
 /// Invariant (upheld where tiles are made, in `tile_at`): `x` is valid for reads of
-/// `mr` rows of `k` floats (row stride `k`); `w` for `k × 16` values of `format`;
-/// `scale`, if any, for 16 floats; `bias`, if any, for `cols` floats; `out` for writes
-/// of `mr` rows of `cols` floats (row stride `ldo`) that nothing else accesses
-/// meanwhile; `cols ≤ 16`.
+/// `mr` rows of `k` floats (row stride `k`); `w` for `k × 16` values of `format`; the
+/// epilogue's for `mr` rows (its scales: int8 only).
 struct Tile {
     x: *const f32,
     k: usize,
     format: WeightFormat,
     w: *const u8,
-    scale: Option<*const f32>,
-    bias: Option<*const f32>,
-    act: Option<SliceActivation>,
-    out: *mut f32,
-    ldo: usize,
-    cols: usize,
+    epilogue: Epilogue,
 }
 
 /// The stored formats as const-generic tags, so every kernel is compiled once per
@@ -496,11 +433,6 @@ impl Tile {
             WeightFormat::Bf16 => BF16,
             WeightFormat::Int8 => INT8,
         }
-    }
-
-    /// Whether an output row can go straight from registers to `out`.
-    fn plain(&self) -> bool {
-        self.cols == PANEL && self.scale.is_none() && self.bias.is_none() && self.act.is_none()
     }
 
     /// # Safety
@@ -568,38 +500,8 @@ impl Tile {
                 }
             }
             // SAFETY: r < mr.
-            unsafe { self.store(r, &mut acc) };
+            unsafe { self.epilogue.finish(r, &mut acc) };
         }
-    }
-
-    /// Scales (int8), adds the bias, applies the activation and writes the valid
-    /// columns of one row.
-    ///
-    /// # Safety
-    /// The tile's invariant holds for more than `r` rows.
-    unsafe fn store(&self, r: usize, acc: &mut [f32; PANEL]) {
-        if let Some(s) = self.scale {
-            // SAFETY: the scale pointer is valid for 16 floats.
-            let s = unsafe { std::slice::from_raw_parts(s, PANEL) };
-            for (a, &sc) in acc.iter_mut().zip(s) {
-                *a *= sc;
-            }
-        }
-        if let Some(b) = self.bias {
-            // SAFETY: the bias pointer is valid for `cols` floats.
-            let b = unsafe { std::slice::from_raw_parts(b, self.cols) };
-            for (a, &bc) in acc.iter_mut().zip(b) {
-                *a += bc;
-            }
-        }
-        if let Some(act) = self.act {
-            act(&mut acc[..self.cols]);
-        }
-        // SAFETY: output row r has `cols` writable floats at r · ldo, and `acc` (a local)
-        // does not overlap them.
-        unsafe {
-            std::ptr::copy_nonoverlapping(acc.as_ptr(), self.out.add(r * self.ldo), self.cols)
-        };
     }
 }
 
@@ -655,19 +557,20 @@ mod avx2 {
             }
         }
         for (r, a) in acc.iter().enumerate() {
-            if t.plain() {
+            let e = &t.epilogue;
+            if e.plain() {
                 // SAFETY: output row r < R has cols = 16 writable floats.
                 unsafe {
-                    _mm256_storeu_ps(t.out.add(r * t.ldo), a[0]);
-                    _mm256_storeu_ps(t.out.add(r * t.ldo + 8), a[1]);
+                    _mm256_storeu_ps(e.out.add(r * e.ldo), a[0]);
+                    _mm256_storeu_ps(e.out.add(r * e.ldo + 8), a[1]);
                 }
             } else {
                 let mut row = [0f32; PANEL];
-                // SAFETY: `row` holds 16 floats; r < R for `store`.
+                // SAFETY: `row` holds 16 floats; r < R.
                 unsafe {
                     _mm256_storeu_ps(row.as_mut_ptr(), a[0]);
                     _mm256_storeu_ps(row.as_mut_ptr().add(8), a[1]);
-                    t.store(r, &mut row);
+                    e.finish(r, &mut row);
                 }
             }
         }
@@ -679,10 +582,6 @@ mod avx512 {
     use super::{Tile, BF16, F32, INT8, PANEL};
     use std::arch::x86_64::*;
 
-    /// Rows per microkernel call: 12 × 2 accumulators + 2 weight vectors + 1 broadcast
-    /// = 27 of the 32 zmm registers.
-    pub const MR: usize = 12;
-
     /// `mr` (1 ≤ mr ≤ 12) rows against one or two panels.
     ///
     /// # Safety
@@ -693,19 +592,20 @@ mod avx512 {
             ($f:ident: $($r:literal)*) => {
                 match (mr, t1) {
                     $(
-                        // SAFETY: as the caller promised, with R = mr.
-                        ($r, Some(t1)) => unsafe { tile2::<$f, $r>(t0, t1) },
-                        // SAFETY: as the caller promised, with R = mr.
-                        ($r, None) => unsafe { tile1::<$f, $r>(t0) },
+                        ($r, Some(t1)) => tile::<$f, $r, true>(t0, t1),
+                        ($r, None) => tile::<$f, $r, false>(t0, t0),
                     )*
                     _ => unreachable!("AVX-512 tile of {mr} rows"),
                 }
             };
         }
-        match t0.tag() {
-            F32 => dispatch!(F32: 1 2 3 4 5 6 7 8 9 10 11 12),
-            BF16 => dispatch!(BF16: 1 2 3 4 5 6 7 8 9 10 11 12),
-            _ => dispatch!(INT8: 1 2 3 4 5 6 7 8 9 10 11 12),
+        // SAFETY: as the caller promised, with R = mr and the tiles' format.
+        unsafe {
+            match t0.tag() {
+                F32 => dispatch!(F32: 1 2 3 4 5 6 7 8 9 10 11 12),
+                BF16 => dispatch!(BF16: 1 2 3 4 5 6 7 8 9 10 11 12),
+                _ => dispatch!(INT8: 1 2 3 4 5 6 7 8 9 10 11 12),
+            }
         }
     }
 
@@ -733,14 +633,14 @@ mod avx512 {
         }
     }
 
-    /// `R` rows against two adjacent panels, 2 × R accumulators. Each output is a
-    /// plain FMA chain over i = 0..k from zero, as in the AVX2 kernel, so the results
-    /// are bit-identical to it.
+    /// `R` rows against one panel, or two adjacent ones (`TWO`: `t1` is the second),
+    /// 2 × R accumulators. Each output is a plain FMA chain over i = 0..k from zero, as
+    /// in the AVX2 kernel, so the results are bit-identical to it.
     ///
     /// # Safety
-    /// As [`run`] with `t1` present, `R` rows and format `F`.
+    /// As [`run`] with `R` rows and format `F`.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn tile2<const F: u8, const R: usize>(t0: &Tile, t1: &Tile) {
+    unsafe fn tile<const F: u8, const R: usize, const TWO: bool>(t0: &Tile, t1: &Tile) {
         debug_assert!(t0.x == t1.x && t0.k == t1.k);
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let (x, w0p, w1p, k) = (t0.x, t0.w, t1.w, t0.k);
@@ -749,64 +649,23 @@ mod avx512 {
             // floats.
             unsafe {
                 let w0 = load16::<F>(w0p, i);
-                let w1 = load16::<F>(w1p, i);
+                let w1 = if TWO { load16::<F>(w1p, i) } else { w0 };
                 for (r, a) in acc.iter_mut().enumerate() {
                     let xv = _mm512_set1_ps(*x.add(r * k + i));
                     a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
-                    a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
+                    if TWO {
+                        a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
+                    }
                 }
             }
         }
         for (r, a) in acc.iter().enumerate() {
             // SAFETY: r < R rows, for both tiles.
             unsafe {
-                store(t0, r, a[0]);
-                store(t1, r, a[1]);
-            }
-        }
-    }
-
-    /// `R` rows against one panel (the last, odd one of a task).
-    ///
-    /// # Safety
-    /// As [`run`] with `R` rows and format `F`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn tile1<const F: u8, const R: usize>(t: &Tile) {
-        let mut acc = [_mm512_setzero_ps(); R];
-        let (x, w, k) = (t.x, t.w, t.k);
-        for i in 0..k {
-            // SAFETY: the panel holds k × 16 values and i < k; row r < R of x holds k
-            // floats.
-            unsafe {
-                let wv = load16::<F>(w, i);
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_set1_ps(*x.add(r * k + i));
-                    *a = _mm512_fmadd_ps(xv, wv, *a);
+                t0.epilogue.store512(r, a[0]);
+                if TWO {
+                    t1.epilogue.store512(r, a[1]);
                 }
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            // SAFETY: r < R.
-            unsafe { store(t, r, *a) };
-        }
-    }
-
-    /// Writes row `r` of a tile: straight from the register when the panel is whole
-    /// and nothing follows, else through [`Tile::store`].
-    ///
-    /// # Safety
-    /// The tile's invariant holds for more than `r` rows; the CPU has AVX-512F.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn store(t: &Tile, r: usize, a: __m512) {
-        if t.plain() {
-            // SAFETY: output row r has cols = 16 writable floats.
-            unsafe { _mm512_storeu_ps(t.out.add(r * t.ldo), a) };
-        } else {
-            let mut row = [0f32; PANEL];
-            // SAFETY: `row` holds 16 floats; r is a row of the tile.
-            unsafe {
-                _mm512_storeu_ps(row.as_mut_ptr(), a);
-                t.store(r, &mut row);
             }
         }
     }
