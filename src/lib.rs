@@ -24,4 +24,5 @@ pub mod model;
 pub mod server;
 pub mod task;
 pub mod tokenizer;
+pub mod train;
 pub mod warmstart;

@@ -197,6 +197,11 @@ impl WeightStore {
         self.files.paths()
     }
 
+    /// The stored tensors, by stored name.
+    pub fn files(&self) -> &WeightFiles {
+        &self.files
+    }
+
     /// Every name under which `name` may be stored, most specific first.
     fn candidates(&self, name: &str) -> Vec<String> {
         let mut out = vec![name.to_string()];
@@ -225,7 +230,8 @@ impl WeightStore {
         out
     }
 
-    fn resolve(&self, name: &str) -> Option<String> {
+    /// The stored name `name` is read from (tied and legacy aliases followed).
+    pub fn resolve(&self, name: &str) -> Option<String> {
         self.candidates(name)
             .into_iter()
             .find(|c| self.files.contains(c))

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 pub mod download;
 pub mod eval;
+pub mod finetune;
 pub mod flags;
 pub mod generate;
 pub mod serve;
@@ -33,6 +34,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Compose an EncoderDecoderModel from standalone (or random) checkpoints.
     Warmstart(warmstart::Args),
+    /// Fine-tune a checkpoint on a task's data (transformers' Seq2SeqTrainer step).
+    Finetune(finetune::Args),
 }
 
 /// Entry point shared by the binary and tests.
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(args) => download::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Warmstart(args) => warmstart::run(args),
+        Command::Finetune(args) => finetune::run(args),
     }
 }
 

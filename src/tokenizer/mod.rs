@@ -187,6 +187,55 @@ impl Tokenizers {
     }
 }
 
+/// Which side of the model a text is tokenized for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Model inputs: the encoder's tokenizer with the settings' special tokens.
+    Input,
+    /// Training targets: the decoder's tokenizer (its own special tokens) when it has
+    /// one, else the encoder's.
+    Target,
+}
+
+/// A tokenizer that truncates to a fixed length, built once for many texts
+/// (`tokenizer(texts, truncation=True, max_length=N)`).
+pub struct TruncatingEncoder {
+    tokenizer: Tokenizer,
+    add_special_tokens: bool,
+}
+
+impl TruncatingEncoder {
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, InputError> {
+        let enc = self
+            .tokenizer
+            .encode(text, self.add_special_tokens)
+            .map_err(|e| InputError::Tokenizer(e.to_string()))?;
+        let ids = enc.get_ids().to_vec();
+        if ids.is_empty() {
+            return Err(InputError::Empty);
+        }
+        Ok(ids)
+    }
+}
+
+impl Tokenizers {
+    /// An encoder for `side` truncating to `max_tokens` (special tokens included).
+    pub fn truncating(&self, side: Side, max_tokens: usize) -> Result<TruncatingEncoder> {
+        let (base, add_special_tokens) = match (side, &self.decoder) {
+            (Side::Target, Some(dec)) => (dec, true),
+            _ => (&self.encoder_untruncated, self.add_special_tokens),
+        };
+        let mut tokenizer = base.clone();
+        tokenizer
+            .with_truncation(Some(truncation(max_tokens)))
+            .map_err(anyhow::Error::msg)?;
+        Ok(TruncatingEncoder {
+            tokenizer,
+            add_special_tokens,
+        })
+    }
+}
+
 /// `tokenizer_config.json`, then `special_tokens_map.json` (those present in `dir`): the
 /// files transformers reads special tokens from, later ones overriding earlier ones.
 pub fn special_token_configs(dir: &Path) -> Result<Vec<serde_json::Value>> {
