@@ -370,7 +370,11 @@ fn split_scores_sari_and_bleu_on_joined_sentences() {
     );
     let bleu = corpus_bleu(&preds, &refs).unwrap();
     assert_eq!(m["bleu"], as_json(&bleu));
-    assert!(m.get("rouge").is_none() && m.get("exact_match").is_none());
+    assert_eq!(
+        m["exact_match"],
+        as_json(&exact_match(&preds, &refs).unwrap())
+    );
+    assert!(m.get("rouge").is_none());
     assert_eq!(metrics["format"], "tsv");
     assert!(
         stdout.contains("SARI") && stdout.contains(&bleu.format()),

@@ -137,6 +137,18 @@ fn gradient_accumulation_averages_over_the_steps_tokens() {
 }
 
 #[test]
+fn an_epochs_last_step_takes_the_micro_batches_left() {
+    // 24 examples in batches of 5 are 5 micro-batches an epoch: with 2 per step, every
+    // third step has one, and the 7 steps cross two epoch boundaries.
+    check_family("bert2bert-epochs", "bert2bert");
+    let reference = reference("bert2bert-epochs");
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = options(&reference, &model_dir("bert2bert"), out.path());
+    opts.length = Length::Epochs(2);
+    assert_eq!(Trainer::new(opts).unwrap().total_steps(), 6);
+}
+
+#[test]
 fn resuming_from_a_checkpoint_continues_the_same_run() {
     let reference = reference("bert2bert");
     let model = model_dir("bert2bert");

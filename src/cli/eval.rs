@@ -42,7 +42,7 @@ pub struct Args {
     /// Hub revision (branch, tag or commit) when --model is a hub id.
     #[arg(long, requires = "model")]
     pub revision: Option<String>,
-    /// summarize (ROUGE), translate (BLEU), split (SARI, BLEU) or fuse (SARI, exact match).
+    /// summarize (ROUGE), translate (BLEU), split (SARI, exact match, BLEU) or fuse (SARI, exact match).
     #[arg(long)]
     pub task: Task,
     /// Test set: TSV, DiscoFuse TSV, JSONL, or the source side of parallel files.

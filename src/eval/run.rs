@@ -5,7 +5,7 @@
 //! - `summarize`: ROUGE-1/2/L/Lsum precision, recall and F1, bootstrap
 //!   low/mid/high (rouge-score, 0-1 scale);
 //! - `translate`: corpus BLEU with sacreBLEU's signature (0-100);
-//! - `split`: SARI and BLEU (0-100);
+//! - `split`: SARI, exact match and BLEU (0-100), as `evaluate`'s `wiki_split`;
 //! - `fuse`: SARI and exact match (0-100).
 
 use std::collections::BTreeMap;
@@ -108,6 +108,7 @@ pub fn score<P: AsRef<str>>(
         Task::Translate => metrics.bleu = Some(corpus_bleu(&predictions, &references)?),
         Task::Split => {
             metrics.sari = Some(corpus_sari(&sources, &predictions, &references)?);
+            metrics.exact_match = Some(exact_match(&predictions, &references)?);
             metrics.bleu = Some(corpus_bleu(&predictions, &references)?);
         }
         Task::Fuse => {
@@ -257,9 +258,10 @@ mod tests {
         let data = [ex("a b c .", &["a b . c ."])];
         let preds = ["a b . <::::> c ."];
         let m = score(Task::Split, &data, &preds, ScoreOptions::default()).unwrap();
-        assert!(m.rouge.is_none() && m.exact_match.is_none());
+        assert!(m.rouge.is_none());
         // The separator in the prediction is a sentence boundary: a perfect match.
         assert!((m.bleu.unwrap().score - 100.0).abs() < 1e-9);
+        assert_eq!(m.exact_match, Some(100.0));
         let m = score(Task::Fuse, &data, &["a b . c ."], ScoreOptions::default()).unwrap();
         assert_eq!(m.exact_match, Some(100.0));
         assert!(m.bleu.is_none());

@@ -138,10 +138,13 @@ fn epoch_order(n: usize, epoch: usize, shuffle: bool, seed: u64) -> Vec<usize> {
     order
 }
 
-/// Micro-batches in file (or shuffled) order, epoch after epoch.
+/// Micro-batches in file (or shuffled) order, epoch after epoch. An optimiser step
+/// takes `accum` of them and never reaches into the next epoch: as in transformers'
+/// Trainer, the last step of an epoch takes what is left.
 struct MicroBatches {
     n: usize,
     batch_size: usize,
+    accum: usize,
     shuffle: bool,
     seed: u64,
     epoch: usize,
@@ -153,15 +156,28 @@ impl MicroBatches {
         self.n.div_ceil(self.batch_size)
     }
 
-    /// Example indices of micro-batch `m` (counted from the start of training).
-    fn get(&mut self, m: usize) -> Vec<usize> {
-        let epoch = m / self.per_epoch();
+    fn steps_per_epoch(&self) -> usize {
+        self.per_epoch().div_ceil(self.accum)
+    }
+
+    /// The micro-batches of optimiser step `step` (counted from the start of
+    /// training): a number unique to each micro-batch (it seeds its dropout), and its
+    /// example indices.
+    fn of_step(&mut self, step: usize) -> Vec<(usize, Vec<usize>)> {
+        let epoch = step / self.steps_per_epoch();
         if epoch != self.epoch || self.order.is_empty() {
             self.epoch = epoch;
             self.order = epoch_order(self.n, epoch, self.shuffle, self.seed);
         }
-        let first = (m % self.per_epoch()) * self.batch_size;
-        self.order[first..(first + self.batch_size).min(self.n)].to_vec()
+        let first = (step % self.steps_per_epoch()) * self.accum;
+        let last = (first + self.accum).min(self.per_epoch());
+        (first..last)
+            .map(|m| {
+                let start = m * self.batch_size;
+                let examples = self.order[start..(start + self.batch_size).min(self.n)].to_vec();
+                (epoch * self.per_epoch() + m, examples)
+            })
+            .collect()
     }
 }
 
@@ -187,6 +203,9 @@ impl Trainer {
         if opts.batch_size == 0 || opts.grad_accum == 0 {
             bail!("--batch-size and --grad-accum must be at least 1");
         }
+        // A training step allocates and frees more activation and gradient memory than
+        // a forward pass: without this a seventh of a step went to page faults (perf).
+        crate::allocator::keep_freed_memory();
         let source = opts.resume.clone().unwrap_or_else(|| opts.model.clone());
         let config = EncoderDecoderConfig::from_file(&source.join("config.json"))?;
         let raw_config: serde_json::Value = serde_json::from_str(
@@ -230,6 +249,7 @@ impl Trainer {
         let batches = MicroBatches {
             n: pairs.len(),
             batch_size: opts.batch_size,
+            accum: opts.grad_accum,
             shuffle: opts.shuffle,
             seed: opts.seed,
             epoch: 0,
@@ -237,7 +257,7 @@ impl Trainer {
         };
         let total_steps = match opts.length {
             Length::Steps(n) => n,
-            Length::Epochs(e) => e * batches.per_epoch().div_ceil(opts.grad_accum),
+            Length::Epochs(e) => e * batches.steps_per_epoch(),
         };
         if let Some(dir) = &opts.resume {
             let (state, moments) = checkpoint::load_state(dir, &device)?;
@@ -308,22 +328,20 @@ impl Trainer {
             self.opts.warmup_steps,
             self.total_steps,
         );
-        let accum = self.opts.grad_accum;
-        let batches = (0..accum)
-            .map(|k| {
-                let indices = self.batches.get(step * accum + k);
-                self.batch_of(&indices, &self.pairs)
-            })
+        let micro = self.batches.of_step(step);
+        let batches = micro
+            .iter()
+            .map(|(_, indices)| self.batch_of(indices, &self.pairs))
             .collect::<Result<Vec<_>>>()?;
         // The step's loss is the mean over all its label tokens, as if the micro-batches
         // were one batch.
         let label_tokens: usize = batches.iter().map(|b| b.label_tokens).sum();
         let mut sum = GradSum::default();
         let (mut loss_sum, mut tokens) = (0.0, 0);
-        for (k, batch) in batches.iter().enumerate() {
+        for (batch, &(id, _)) in batches.iter().zip(&micro) {
             let mut noise = Noise(self.opts.dropout.then(|| {
-                let micro = (step * accum + k) as u64;
-                StdRng::seed_from_u64(self.opts.seed ^ micro.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                let id = id as u64;
+                StdRng::seed_from_u64(self.opts.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15))
             }));
             let loss = self.model.loss(batch, label_tokens, &mut noise)?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
@@ -493,4 +511,62 @@ fn check_vocab(pairs: &[Pair], config: &EncoderDecoderConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(n: usize, batch_size: usize, accum: usize, steps: usize) -> Vec<Vec<usize>> {
+        let mut mb = MicroBatches {
+            n,
+            batch_size,
+            accum,
+            shuffle: false,
+            seed: 0,
+            epoch: 0,
+            order: Vec::new(),
+        };
+        (0..steps)
+            .map(|s| mb.of_step(s).into_iter().map(|(id, _)| id).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_step_never_reaches_into_the_next_epoch() {
+        // 10 examples in batches of 3: micro-batches 0..4 per epoch; with 3 per step
+        // the epoch's second step takes the one that is left.
+        assert_eq!(
+            schedule(10, 3, 3, 4),
+            vec![vec![0, 1, 2], vec![3], vec![4, 5, 6], vec![7]]
+        );
+        let mut mb = MicroBatches {
+            n: 10,
+            batch_size: 3,
+            accum: 3,
+            shuffle: false,
+            seed: 0,
+            epoch: 0,
+            order: Vec::new(),
+        };
+        assert_eq!(mb.steps_per_epoch(), 2);
+        assert_eq!(mb.of_step(1), vec![(3, vec![9])]);
+        assert_eq!(mb.of_step(2)[0], (4, vec![0, 1, 2]));
+    }
+
+    #[test]
+    fn micro_batch_numbers_run_on_when_the_steps_divide_the_epoch() {
+        // The dropout seeds of a run whose accumulation divides the epoch are
+        // step * accum + k, as before epochs were accounted for.
+        let ids: Vec<usize> = schedule(12, 3, 2, 5).concat();
+        assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn shuffled_epochs_differ_and_repeat() {
+        let a = epoch_order(50, 0, true, 7);
+        assert_ne!(a, epoch_order(50, 1, true, 7));
+        assert_eq!(a, epoch_order(50, 0, true, 7));
+        assert_eq!(epoch_order(5, 3, false, 7), vec![0, 1, 2, 3, 4]);
+    }
 }
