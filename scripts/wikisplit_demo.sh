@@ -15,10 +15,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/wikisplit-demo}
 WIKISPLIT=${WIKISPLIT:-$ROOT/../shared/data/wikisplit}
-STEPS=${STEPS:-700}
-BATCH=${BATCH:-16}
-LR=${LR:-2e-4}
-WARMUP=${WARMUP:-70}
+STEPS=${STEPS:-1600}
+BATCH=${BATCH:-8}
+LR=${LR:-5e-4}
+WARMUP=${WARMUP:-160}
 EVAL_LIMIT=${EVAL_LIMIT:-200}
 TEST_LIMIT=${TEST_LIMIT:-5000}
 BEAMS=${BEAMS:-4}
