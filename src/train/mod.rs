@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod layers;
+pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod params;

@@ -17,6 +17,7 @@ use super::layers::{
     attention, causal_mask, dense_activated, log_softmax, merge_heads, padding_mask, split_heads,
     Dense, Noise, Norm, Scope,
 };
+use super::loss::token_nll;
 use super::params::Params;
 use crate::checkpoint::config::{Activation, EncoderDecoderConfig, Family, StackConfig};
 
@@ -581,9 +582,14 @@ impl TrainableModel {
     pub fn loss(&self, batch: &Batch, denominator: usize, noise: &mut Noise) -> Result<Tensor> {
         let logits = self.logits(batch, noise)?;
         let vocab = logits.dim(D::Minus1)?;
-        let logp = log_softmax(&logits.reshape(((), vocab))?)?;
-        let picked = logp.gather(&batch.labels.unsqueeze(1)?, 1)?.squeeze(1)?;
-        let total = (picked * &batch.label_weights)?.sum_all()?;
-        Ok((total.neg()? / denominator.max(1) as f64)?.to_dtype(DType::F32)?)
+        let logits = logits.reshape(((), vocab))?;
+        let total = if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+            token_nll(&logits, &batch.labels, &batch.label_weights)?.sum_all()?
+        } else {
+            let logp = log_softmax(&logits)?;
+            let picked = logp.gather(&batch.labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+            (picked * &batch.label_weights)?.sum_all()?.neg()?
+        };
+        Ok((total / denominator.max(1) as f64)?.to_dtype(DType::F32)?)
     }
 }
