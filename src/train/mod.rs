@@ -518,8 +518,8 @@ fn check_vocab(pairs: &[Pair], config: &EncoderDecoderConfig) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn schedule(n: usize, batch_size: usize, accum: usize, steps: usize) -> Vec<Vec<usize>> {
-        let mut mb = MicroBatches {
+    fn in_file_order(n: usize, batch_size: usize, accum: usize) -> MicroBatches {
+        MicroBatches {
             n,
             batch_size,
             accum,
@@ -527,7 +527,11 @@ mod tests {
             seed: 0,
             epoch: 0,
             order: Vec::new(),
-        };
+        }
+    }
+
+    fn schedule(n: usize, batch_size: usize, accum: usize, steps: usize) -> Vec<Vec<usize>> {
+        let mut mb = in_file_order(n, batch_size, accum);
         (0..steps)
             .map(|s| mb.of_step(s).into_iter().map(|(id, _)| id).collect())
             .collect()
@@ -541,15 +545,7 @@ mod tests {
             schedule(10, 3, 3, 4),
             vec![vec![0, 1, 2], vec![3], vec![4, 5, 6], vec![7]]
         );
-        let mut mb = MicroBatches {
-            n: 10,
-            batch_size: 3,
-            accum: 3,
-            shuffle: false,
-            seed: 0,
-            epoch: 0,
-            order: Vec::new(),
-        };
+        let mut mb = in_file_order(10, 3, 3);
         assert_eq!(mb.steps_per_epoch(), 2);
         assert_eq!(mb.of_step(1), vec![(3, vec![9])]);
         assert_eq!(mb.of_step(2)[0], (4, vec![0, 1, 2]));
